@@ -1,0 +1,1 @@
+"""Converters from the GALD authors' PyTorch checkpoints to keras_gald models."""

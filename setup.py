@@ -1,0 +1,38 @@
+"""keras_gald: GALD scene parsing (Global Aggregation then Local Distribution) in Keras 3."""
+
+from setuptools import find_packages, setup
+
+TF_CPU = "tensorflow-cpu==2.21.*"
+
+setup(
+    name="keras_gald",
+    version="0.1.0",
+    description="GALD scene-parsing networks (GA heads + LDv1/LDv2) for Keras 3 / TensorFlow",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["keras_gald", "keras_gald.*", "training", "training.*"]),
+    install_requires=[
+        TF_CPU,
+        "keras==3.15.*",
+        "numpy>=1.26",
+        "pillow>=10",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "tf2onnx==1.17.*",
+            "onnx>=1.16",
+            "onnxruntime>=1.18",
+            "tensorflow-datasets==4.9.10",
+            "importlib_resources",
+        ],
+        "onnx": ["tf2onnx==1.17.*", "onnx>=1.16", "onnxruntime>=1.18"],
+        "tfds": ["tensorflow-datasets==4.9.10", "importlib_resources"],
+        # On a GPU machine install with `pip install -e .[gpu] --no-deps`-free route:
+        # tensorflow[and-cuda] provides the same `tensorflow` module as tensorflow-cpu.
+        "gpu": ["tensorflow[and-cuda]==2.21.*"],
+        "bench": ["torch==2.13.0"],
+    },
+    entry_points={"console_scripts": ["keras-gald=training.cli:main"]},
+)

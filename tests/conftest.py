@@ -1,0 +1,65 @@
+"""Shared test helpers: locating `../shared` and loading the authors' fixtures."""
+
+import json
+import os
+import pathlib
+
+import numpy as np
+import pytest
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DIR = pathlib.Path(os.environ.get("KERAS_GALD_SHARED", REPO_ROOT.parent / "shared"))
+OFFICIAL_DIR = SHARED_DIR / "fixtures" / "official_gald_v1"
+CAMVID_DIR = SHARED_DIR / "data" / "camvid"
+
+
+def require_shared(path):
+    """Skips (or fails under KERAS_GALD_REQUIRE_SHARED=1) when `path` is absent."""
+    path = pathlib.Path(path)
+    if path.exists():
+        return path
+    message = f"{path} is absent: tests that read ../shared need the project's shared folder"
+    if os.environ.get("KERAS_GALD_REQUIRE_SHARED") == "1":
+        pytest.fail(message + " (KERAS_GALD_REQUIRE_SHARED=1)")
+    pytest.skip(message)
+
+
+class OfficialFixture:
+    """One `.npz` of the authors' module fixtures.
+
+    Attributes:
+        state_dict: `{key: np.ndarray}` of the PyTorch module.
+        cases: list of `(input_nhwc, output_nhwc)` float32 pairs.
+        meta: the fixture's constructor arguments.
+    """
+
+    def __init__(self, name):
+        path = require_shared(OFFICIAL_DIR / f"{name}.npz")
+        data = np.load(path, allow_pickle=False)
+        self.state_dict = {
+            k[len("state_dict/"):]: data[k] for k in data.files if k.startswith("state_dict/")
+        }
+        n_cases = len([k for k in data.files if k.startswith("inputs/")])
+        self.cases = [
+            (
+                np.transpose(data[f"inputs/{i}"], (0, 2, 3, 1)),
+                np.transpose(data[f"outputs/{i}"], (0, 2, 3, 1)),
+            )
+            for i in range(n_cases)
+        ]
+        self.meta = json.loads(str(data["meta"])) if "meta" in data.files else {}
+
+
+@pytest.fixture
+def official_fixture():
+    return OfficialFixture
+
+
+def assert_close_relative(actual, expected, rtol=1e-4):
+    """max|a - e| <= rtol * max|e| (the issue's 'relative to the output's scale')."""
+    actual = np.asarray(actual, np.float64)
+    expected = np.asarray(expected, np.float64)
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    scale = max(np.abs(expected).max(), 1e-12)
+    err = np.abs(actual - expected).max()
+    assert err <= rtol * scale, f"max abs diff {err:.3g} > {rtol} * scale {scale:.3g}"
