@@ -1,0 +1,114 @@
+"""`Segmenter`: a functional segmentation network whose auxiliary head exists
+for training only.
+
+The network graph has a dict of outputs: `"logits"` (float32, at the input
+resolution) and, when the model has an auxiliary head, `"aux_logits"` (float32,
+at the stage-3 feature resolution; the loss upsamples it to the label size).
+Called with `training=True` the model returns that dict so `fit` can add the
+auxiliary loss; called for inference (`predict`, `model(x)`, `export`) it runs
+a sub-graph that stops at the main logits, so the auxiliary head is neither
+computed nor exported.
+"""
+
+import keras
+
+from keras_gald.losses import SegmentationCrossEntropy
+
+
+@keras.saving.register_keras_serializable(package="keras_gald")
+class Segmenter(keras.Model):
+    """Functional segmentation model: images -> per-pixel class logits.
+
+    Build it with a factory (`keras_gald.models.GALD`,
+    `keras_gald.models.official_gald_v1`) rather than by hand.
+
+    Args:
+        inputs: the network's `keras.Input`, `(N, H, W, 3)`.
+        outputs: dict with `"logits"` `(N, H', W', num_classes)` and optionally
+            `"aux_logits"` `(N, h, w, num_classes)`.
+        name: model name.
+
+    Calling it:
+        `model(images)` -> float32 logits `(N, H', W', num_classes)`;
+        `model(images, training=True)` -> the dict of outputs.
+
+    Training: `compile(aux_loss=..., aux_loss_weight=0.4, loss=..., ...)`; the
+    total loss is `loss(y, logits) + aux_loss_weight * aux_loss(y, aux_logits)`.
+    Metrics see the main logits only.
+    """
+
+    def __init__(self, inputs, outputs, name=None, **kwargs):
+        if not isinstance(outputs, dict) or "logits" not in outputs:
+            raise ValueError(
+                "Segmenter outputs must be a dict with a 'logits' entry (and "
+                f"optionally 'aux_logits'); got {type(outputs).__name__}"
+            )
+        unknown = set(outputs) - {"logits", "aux_logits"}
+        if unknown:
+            raise ValueError(f"Segmenter outputs: unknown keys {sorted(unknown)}")
+        super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
+        # A sub-graph sharing the same layers; kept out of Keras' tracking so
+        # weights are saved once, under the full graph.
+        self.__dict__["_logits_model"] = keras.Model(
+            inputs=self.inputs, outputs=outputs["logits"], name=f"{self.name}_logits"
+        )
+        self.aux_loss = None
+        self.aux_loss_weight = 0.0
+
+    @property
+    def has_aux_head(self):
+        return "aux_logits" in self.output_names or (
+            isinstance(self.output, dict) and "aux_logits" in self.output
+        )
+
+    @property
+    def num_classes(self):
+        return int(self._logits_model.output.shape[-1])
+
+    def inference_model(self):
+        """The functional model `images -> logits` without the auxiliary head."""
+        return self._logits_model
+
+    def call(self, inputs, training=None, mask=None):
+        if training:
+            return super().call(inputs, training=training, mask=mask)
+        return self._logits_model(inputs, training=training)
+
+    def compile(self, *args, aux_loss="auto", aux_loss_weight=0.4, **kwargs):
+        """`keras.Model.compile` plus the auxiliary loss.
+
+        Args:
+            aux_loss: loss applied to `aux_logits`; `"auto"` is cross-entropy
+                ignoring label 255 (the authors' recipe); `None` disables it.
+            aux_loss_weight: its weight (0.4 in the paper's recipe).
+            *args, **kwargs: forwarded to `keras.Model.compile`; `loss`
+                applies to the main logits.
+        """
+        super().compile(*args, **kwargs)
+        if aux_loss == "auto":
+            aux_loss = SegmentationCrossEntropy()
+        self.aux_loss = aux_loss if self.has_aux_head else None
+        self.aux_loss_weight = float(aux_loss_weight)
+
+    @staticmethod
+    def _split(y_pred):
+        if isinstance(y_pred, dict):
+            return y_pred["logits"], y_pred.get("aux_logits")
+        return y_pred, None
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        logits, aux_logits = self._split(y_pred)
+        loss = super().compute_loss(x, y, logits, sample_weight, training=training)
+        if aux_logits is not None and self.aux_loss is not None and self.aux_loss_weight:
+            loss = loss + self.aux_loss_weight * self.aux_loss(y, aux_logits, sample_weight)
+        return loss
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        logits, _ = self._split(y_pred)
+        return super().compute_metrics(x, y, logits, sample_weight)
+
+    def export(self, filepath, format="tf_saved_model", verbose=None, input_signature=None, **kwargs):
+        """Exports the inference graph (no auxiliary head); see `keras.Model.export`."""
+        return self._logits_model.export(
+            filepath, format=format, verbose=verbose, input_signature=input_signature, **kwargs
+        )
