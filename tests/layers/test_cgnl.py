@@ -1,0 +1,225 @@
+import numpy as np
+import pytest
+import keras
+import tensorflow as tf
+
+from keras_gald.convert.official_cgnl_ldv1 import load_official_cgnl
+from keras_gald.convert.torch_weights import StateDict
+from keras_gald.layers.cgnl import CGNL
+from tests.conftest import OfficialFixture, assert_close_relative
+
+
+def randomize_weights(layer, seed=0):
+    """Assigns random values to every weight (positive for scales/variances)."""
+    rng = np.random.RandomState(seed)
+    for w in layer.weights:
+        shape = tuple(w.shape)
+        if w.path.endswith(("gamma", "moving_variance")):
+            value = rng.uniform(0.5, 1.5, shape)
+        else:
+            value = rng.normal(0.0, 0.3, shape)
+        w.assign(value.astype("float32"))
+
+
+def numpy_cgnl(x, t_k, p_k, g_k, z_k, gamma, beta, groups, use_scale, eps=1e-5):
+    """Float64 NumPy reference of SpatialCGNL in NHWC (kernels in Keras HWIO)."""
+    x = x.astype(np.float64)
+    n, h, w, channels = x.shape
+    t = x @ t_k[0, 0].astype(np.float64)
+    p = x @ p_k[0, 0].astype(np.float64)
+    g = x @ g_k[0, 0].astype(np.float64)
+    planes = t.shape[-1]
+    c = planes // groups
+    outs = []
+    for i in range(groups):
+        sl = slice(i * c, (i + 1) * c)
+        att = np.sum(p[..., sl] * g[..., sl], axis=(1, 2, 3))  # (N,)
+        if use_scale:
+            att = att / np.sqrt(c * h * w)
+        outs.append(att[:, None, None, None] * t[..., sl])
+    y = np.concatenate(outs, axis=-1)
+    zc = channels // groups
+    z = np.concatenate(
+        [y[..., i * c:(i + 1) * c] @ z_k[0, 0][:, i * zc:(i + 1) * zc] for i in range(groups)],
+        axis=-1,
+    )
+    zg = z.reshape(n, h, w, groups, zc)
+    mean = zg.mean(axis=(1, 2, 4), keepdims=True)
+    var = zg.var(axis=(1, 2, 4), keepdims=True)
+    zn = ((zg - mean) / np.sqrt(var + eps)).reshape(n, h, w, channels)
+    return zn * gamma + beta + x
+
+
+def reference_of(layer, x):
+    return numpy_cgnl(
+        x,
+        layer.t.kernel.numpy(),
+        layer.p.kernel.numpy(),
+        layer.g.kernel.numpy(),
+        layer.z.kernel.numpy(),
+        layer.gn.gamma.numpy(),
+        layer.gn.beta.numpy(),
+        layer.groups,
+        layer.use_scale,
+    )
+
+
+@pytest.fixture
+def bf16_policy():
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def _random_input(shape, seed=1):
+    return np.random.RandomState(seed).normal(size=shape).astype("float32")
+
+
+# ----------------------------------------------------------------- parity
+def test_fixture_parity_every_case():
+    fixture = OfficialFixture("ga_SpatialCGNL")
+    assert fixture.meta.get("module", "").endswith("groups=8)")
+    layer = CGNL(32, groups=8, use_scale=False)
+    state_dict = load_official_cgnl(layer, StateDict(fixture.state_dict))
+    assert state_dict.unused() == []
+    assert len(fixture.cases) == 2
+    for x, expected in fixture.cases:
+        assert_close_relative(layer(x).numpy(), expected, rtol=1e-4)
+
+
+def test_converter_with_prefix_and_checks():
+    fixture = OfficialFixture("ga_SpatialCGNL")
+    prefixed = {f"head.a2block.long_relation.{k}": v for k, v in fixture.state_dict.items()}
+    layer = CGNL(32)
+    sd = load_official_cgnl(layer, StateDict(prefixed), prefix="head.a2block.long_relation")
+    assert sd.unused() == []
+    x, expected = fixture.cases[1]
+    assert_close_relative(layer(x).numpy(), expected, rtol=1e-4)
+    with pytest.raises(ValueError, match="planes"):
+        load_official_cgnl(CGNL(16, groups=8), StateDict(fixture.state_dict))
+    with pytest.raises(ValueError, match="groups"):
+        load_official_cgnl(CGNL(32, groups=4), StateDict(fixture.state_dict))
+
+
+# ------------------------------------------------------------- semantics
+@pytest.mark.parametrize("use_scale", [False, True])
+def test_matches_numpy_reference_odd_size(use_scale):
+    layer = CGNL(8, groups=4, use_scale=use_scale)
+    x = _random_input((2, 33, 47, 16))
+    layer.build(x.shape)
+    randomize_weights(layer, seed=3)
+    # Small p/g weights keep |att| near sqrt(eps), where scaling is visible.
+    layer.p.kernel.assign(layer.p.kernel * 1e-3)
+    y = layer(x).numpy()
+    assert y.shape == (2, 33, 47, 16)
+    assert_close_relative(y, reference_of(layer, x), rtol=1e-4)
+
+
+def test_use_scale_changes_output_when_affinity_is_small():
+    x = _random_input((1, 9, 13, 16))
+    a, b = CGNL(8, groups=4), CGNL(8, groups=4, use_scale=True)
+    a.build(x.shape)
+    b.build(x.shape)
+    randomize_weights(a, seed=4)
+    a.p.kernel.assign(a.p.kernel * 1e-3)
+    b.set_weights(a.get_weights())
+    assert np.abs(a(x).numpy() - b(x).numpy()).max() > 1e-2
+
+
+def test_groupnorm_normalizes_affinity_scale_away():
+    """Documented property of the authors' design: z/gn groups coincide."""
+    x = _random_input((1, 10, 14, 16))
+    layer = CGNL(8, groups=4)
+    layer.build(x.shape)
+    randomize_weights(layer, seed=5)
+    before = layer(x).numpy()
+    layer.p.kernel.assign(layer.p.kernel * 7.0)  # att -> 7 * att
+    after = layer(x).numpy()
+    assert_close_relative(after, before, rtol=1e-4)
+
+
+def test_invalid_configuration():
+    with pytest.raises(ValueError, match="divisible"):
+        CGNL(10, groups=4)
+    with pytest.raises(ValueError, match="divisible"):
+        CGNL(8, groups=4).build((None, None, None, 10))
+
+
+def test_dynamic_shape_functional_model():
+    layer = CGNL(8, groups=4)
+    inputs = keras.Input((None, None, 16))
+    outputs = layer(inputs)
+    assert tuple(outputs.shape) == (None, None, None, 16)
+    model = keras.Model(inputs, outputs)
+    randomize_weights(layer, seed=6)
+    for shape in [(1, 33, 47, 16), (2, 5, 3, 16)]:
+        x = _random_input(shape)
+        y = model.predict(x, verbose=0)
+        assert y.shape == shape
+        assert_close_relative(y, reference_of(layer, x), rtol=1e-4)
+
+
+# ---------------------------------------------------------- serialization
+def test_config_and_keras_file_round_trip(tmp_path):
+    layer = CGNL(8, groups=4, use_scale=True, name="cgnl")
+    config = layer.get_config()
+    clone = CGNL.from_config(config)
+    assert clone.get_config() == config
+    assert (clone.planes, clone.groups, clone.use_scale) == (8, 4, True)
+
+    inputs = keras.Input((None, None, 16))
+    model = keras.Model(inputs, layer(inputs))
+    randomize_weights(layer, seed=7)
+    path = tmp_path / "cgnl.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert isinstance(loaded.get_layer("cgnl"), CGNL)
+    x = _random_input((1, 11, 7, 16))
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+
+
+# -------------------------------------------------------------- gradients
+def test_gradients_reach_every_trainable_weight():
+    layer = CGNL(8, groups=4)
+    x = tf.constant(_random_input((2, 9, 13, 16)))
+    layer.build(x.shape)
+    randomize_weights(layer, seed=8)
+    weights = np.random.RandomState(9).normal(size=x.shape).astype("float32")
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(layer(x, training=True) * weights)
+    grads = tape.gradient(loss, layer.trainable_weights)
+    assert len(layer.trainable_weights) == 6  # t, p, g, z kernels; gn gamma, beta
+    for w, grad in zip(layer.trainable_weights, grads):
+        assert grad is not None, w.path
+        grad = grad.numpy()
+        assert np.isfinite(grad).all(), w.path
+        assert np.abs(grad).max() > 0, w.path
+
+
+# ---------------------------------------------------------- mixed bf16
+def test_mixed_bfloat16(bf16_policy):
+    x = _random_input((2, 9, 13, 16)) * 10.0  # large |att|: sum of 117*2 products
+    keras.mixed_precision.set_global_policy("float32")
+    ref_layer = CGNL(8, groups=4)
+    ref_layer.build(x.shape)
+    randomize_weights(ref_layer, seed=10)
+    expected = ref_layer(x).numpy()
+
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    layer = CGNL(8, groups=4)
+    layer.build(x.shape)
+    layer.set_weights(ref_layer.get_weights())
+    for sub in (layer.t, layer.p, layer.g, layer.z, layer.gn):
+        assert sub.dtype_policy.name == "mixed_bfloat16"
+    y = layer(x)
+    assert y.dtype == tf.bfloat16
+    assert layer.t.kernel.dtype == "float32"
+    y = tf.cast(y, tf.float32).numpy()
+    assert np.isfinite(y).all()
+    assert_close_relative(y, expected, rtol=5e-2)
+
+    inputs = keras.Input((None, None, 16))
+    model = keras.Model(inputs, layer(inputs))
+    assert model.predict(x[:1, :5, :7], verbose=0).shape == (1, 5, 7, 16)

@@ -1,0 +1,74 @@
+"""DilatedConv2D: same outputs and gradients as Keras' Conv2D, with and without XLA."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_gald.layers.conv import DilatedConv2D, dilated_conv2d
+
+
+def _loss_and_grads(fn, x, k):
+    with tf.GradientTape() as tape:
+        tape.watch([x, k])
+        y = fn(x, k)
+        loss = tf.reduce_sum(y * tf.sin(y))
+    return [y, *tape.gradient(loss, [x, k])]
+
+
+@pytest.mark.parametrize("padding", ["SAME", "VALID"])
+@pytest.mark.parametrize("size,rate", [((13, 17), 2), ((33, 47), 6), ((9, 9), 4)])
+@pytest.mark.parametrize("jit", [False, True])
+def test_custom_gradient_matches_tf_convolution(padding, size, rate, jit):
+    if padding == "VALID" and min(size) <= 2 * rate:
+        pytest.skip("VALID output would be empty")
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(size=(2, *size, 5)).astype("float32"))
+    k = tf.constant(rng.normal(size=(3, 3, 5, 7)).astype("float32"))
+
+    def fast(x, k):
+        return _loss_and_grads(lambda a, b: dilated_conv2d(a, b, (rate, rate), padding), x, k)
+
+    if jit:
+        fast = tf.function(fast, jit_compile=True)
+    ours = fast(x, k)
+    ref = _loss_and_grads(lambda a, b: tf.nn.convolution(a, b, padding=padding, dilations=rate), x, k)
+    for a, b in zip(ours, ref):
+        scale = float(tf.reduce_max(tf.abs(b)))
+        assert float(tf.reduce_max(tf.abs(a - b))) <= 1e-5 * scale
+
+
+@pytest.mark.parametrize("kernel_size,rate,padding", [(3, 2, "same"), (3, 1, "same"), (1, 1, "valid"), (3, 3, "valid"), (2, 2, "same")])
+def test_layer_matches_keras_conv2d(kernel_size, rate, padding):
+    x = np.random.default_rng(1).normal(size=(2, 15, 21, 4)).astype("float32")
+    ours = DilatedConv2D(6, kernel_size, padding=padding, dilation_rate=rate)
+    ref = keras.layers.Conv2D(6, kernel_size, padding=padding, dilation_rate=rate)
+    ours.build(x.shape)
+    ref.build(x.shape)
+    ref.set_weights(ours.get_weights())
+    np.testing.assert_allclose(ours(x), ref(x), atol=1e-5)
+    with tf.GradientTape(persistent=True) as tape:
+        a = tf.reduce_sum(ours(x) ** 2)
+        b = tf.reduce_sum(ref(x) ** 2)
+    for ga, gb in zip(tape.gradient(a, ours.trainable_weights), tape.gradient(b, ref.trainable_weights)):
+        np.testing.assert_allclose(ga, gb, rtol=1e-4, atol=1e-3)
+
+
+def test_serialization_round_trip(tmp_path):
+    inputs = keras.Input((None, None, 3))
+    model = keras.Model(inputs, DilatedConv2D(4, 3, padding="same", dilation_rate=3)(inputs))
+    x = np.random.default_rng(2).normal(size=(1, 11, 13, 3)).astype("float32")
+    model.save(tmp_path / "m.keras")
+    restored = keras.models.load_model(tmp_path / "m.keras")
+    assert isinstance(restored.layers[-1], DilatedConv2D)
+    np.testing.assert_array_equal(restored(x), model(x))
+
+
+def test_bfloat16():
+    layer = DilatedConv2D(4, 3, padding="same", dilation_rate=2, dtype="mixed_bfloat16")
+    x = tf.random.normal((1, 9, 9, 3))
+    with tf.GradientTape() as tape:
+        y = layer(x)
+        loss = tf.reduce_sum(tf.cast(y, tf.float32))
+    assert y.dtype == tf.bfloat16
+    assert all(g is not None for g in tape.gradient(loss, layer.trainable_weights))

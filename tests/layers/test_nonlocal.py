@@ -1,0 +1,246 @@
+"""Tests for keras_gald.layers.nonlocal_block.NonLocal against a NumPy reference."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from keras_gald.layers.nonlocal_block import NonLocal  # noqa: E402
+
+
+# --------------------------------------------------------------------------- helpers
+def random_input(shape, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def max_pool_2x2_ceil(x):
+    """2x2 / stride-2 max pool, ceil mode (a trailing odd row/column is its own window)."""
+    n, h, w, c = x.shape
+    hp, wp = -(-h // 2), -(-w // 2)
+    padded = np.full((n, 2 * hp, 2 * wp, c), -np.inf)
+    padded[:, :h, :w] = x
+    return padded.reshape(n, hp, 2, wp, 2, c).max(axis=(2, 4))
+
+
+def nonlocal_reference(layer, x):
+    """Embedded-Gaussian non-local block (Wang et al. 2018), inference mode, float64."""
+    x = x.astype(np.float64)
+    n, h, w, c = x.shape
+
+    def conv1x1(conv, v):
+        out = v @ conv.kernel.numpy()[0, 0].astype(np.float64)
+        return out + conv.bias.numpy() if conv.use_bias else out
+
+    theta = conv1x1(layer.theta, x)
+    phi = conv1x1(layer.phi, x)
+    g = conv1x1(layer.g, x)
+    if layer.downsample:
+        phi, g = max_pool_2x2_ceil(phi), max_pool_2x2_ceil(g)
+    inter = theta.shape[-1]
+    theta = theta.reshape(n, h * w, inter)
+    phi = phi.reshape(n, -1, inter)
+    g = g.reshape(n, -1, inter)
+    logits = theta @ phi.transpose(0, 2, 1)
+    logits -= logits.max(axis=-1, keepdims=True)
+    attention = np.exp(logits)
+    attention /= attention.sum(axis=-1, keepdims=True)
+    y = (attention @ g).reshape(n, h, w, inter)
+    z = conv1x1(layer.w_conv, y)
+    bn = layer.w_bn
+    z = (z - bn.moving_mean.numpy()) / np.sqrt(bn.moving_variance.numpy() + bn.epsilon)
+    z = z * bn.gamma.numpy() + bn.beta.numpy()
+    return x + z
+
+
+def randomise(layer, seed=0):
+    """Non-trivial weights: random biases and BN (gamma != 0, so the block is not identity)."""
+    rng = np.random.default_rng(seed)
+    for conv in (layer.theta, layer.phi, layer.g):
+        conv.bias.assign(rng.normal(0, 0.1, conv.bias.shape).astype(np.float32))
+    c = layer.w_bn.gamma.shape[0]
+    layer.w_bn.gamma.assign(rng.uniform(0.5, 1.5, c).astype(np.float32))
+    layer.w_bn.beta.assign(rng.normal(0, 0.1, c).astype(np.float32))
+    layer.w_bn.moving_mean.assign(rng.normal(0, 0.1, c).astype(np.float32))
+    layer.w_bn.moving_variance.assign(rng.uniform(0.5, 1.5, c).astype(np.float32))
+
+
+def built_block(channels, seed=0, **kwargs):
+    keras.utils.set_random_seed(seed)
+    layer = NonLocal(**kwargs)
+    layer.build((None, None, None, channels))
+    randomise(layer, seed)
+    return layer
+
+
+@pytest.fixture
+def mixed_bfloat16():
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+# ---------------------------------------------------------------- reference
+def test_reference_ceil_max_pool_hand_values():
+    x = np.arange(9, dtype=np.float64).reshape(1, 3, 3, 1)
+    np.testing.assert_array_equal(max_pool_2x2_ceil(x)[0, :, :, 0], [[4, 5], [7, 8]])
+
+
+@pytest.mark.parametrize("size", [(9, 11), (8, 6), (1, 5), (33, 47)])
+@pytest.mark.parametrize("downsample", [True, False])
+def test_matches_numpy_reference(size, downsample):
+    layer = built_block(8, seed=size[0], downsample=downsample)
+    x = random_input((2, *size, 8), seed=size[1])
+    actual = layer(x, training=False).numpy()
+    expected = nonlocal_reference(layer, x)
+    assert actual.shape == (2, *size, 8)
+    # the residual dominates the scale; compare the non-local branch itself too
+    np.testing.assert_allclose(actual - x, expected - x, rtol=1e-4, atol=1e-5)
+
+
+def test_downsampling_changes_the_result():
+    layer = built_block(8, seed=1, downsample=True)
+    x = random_input((1, 9, 11, 8), seed=2)
+    full = NonLocal(downsample=False)
+    full.build((None, None, None, 8))
+    full.set_weights(layer.get_weights())
+    assert np.abs(layer(x, training=False) - full(x, training=False)).max() > 1e-3
+
+
+def test_identity_at_initialisation():
+    layer = NonLocal()
+    x = random_input((2, 9, 11, 6))
+    np.testing.assert_array_equal(layer(x, training=False), x)
+    np.testing.assert_array_equal(layer(x, training=True), x)
+    assert np.all(layer.w_bn.gamma.numpy() == 0.0)
+
+
+def test_inter_channels_default_and_explicit():
+    layer = NonLocal()
+    layer.build((None, None, None, 10))
+    assert layer.theta.filters == 5 and layer.w_conv.filters == 10
+    layer = NonLocal()
+    layer.build((None, None, None, 1))
+    assert layer.theta.filters == 1
+    layer = NonLocal(inter_channels=3)
+    layer.build((None, 4, 4, 10))
+    assert layer.theta.kernel.shape == (1, 1, 10, 3)
+    assert layer.w_conv.kernel.shape == (1, 1, 3, 10)
+
+
+# ------------------------------------------------------------------- shapes
+def test_output_shape_odd_size():
+    layer = NonLocal(inter_channels=4)
+    y = layer(random_input((2, 33, 47, 8)), training=False)
+    assert tuple(y.shape) == (2, 33, 47, 8)
+    assert layer.compute_output_shape((2, 33, 47, 8)) == (2, 33, 47, 8)
+
+
+def test_dynamic_shape_functional_model():
+    inputs = keras.Input((None, None, 8))
+    layer = NonLocal(inter_channels=4)
+    outputs = layer(inputs)
+    assert tuple(outputs.shape) == (None, None, None, 8)
+    model = keras.Model(inputs, outputs)
+    randomise(layer, seed=5)
+    for size in [(33, 47), (7, 4), (1, 1)]:
+        x = random_input((1, *size, 8), seed=size[0])
+        y = model.predict(x, verbose=0)
+        assert y.shape == (1, *size, 8)
+        np.testing.assert_allclose(y - x, nonlocal_reference(layer, x) - x, rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------- serialization
+def test_get_config_from_config_round_trip():
+    layer = built_block(6, seed=3, inter_channels=2, downsample=False, name="nl_rt")
+    x = random_input((2, 5, 7, 6))
+    y = layer(x, training=False)
+    config = layer.get_config()
+    assert config["inter_channels"] == 2 and config["downsample"] is False
+    clone = NonLocal.from_config(config)
+    assert clone.get_config() == config
+    clone.build((None, None, None, 6))
+    clone.set_weights(layer.get_weights())
+    np.testing.assert_array_equal(clone(x, training=False), y)
+
+
+def test_keras_save_load_round_trip(tmp_path):
+    inputs = keras.Input((None, None, 6))
+    layer = NonLocal(inter_channels=3)
+    model = keras.Model(inputs, layer(inputs))
+    randomise(layer, seed=4)
+    path = tmp_path / "nonlocal.keras"
+    model.save(path)
+    restored = keras.saving.load_model(path)
+    restored_layer = restored.layers[-1]
+    assert isinstance(restored_layer, NonLocal)
+    assert restored_layer.get_config() == layer.get_config()
+    for size in [(9, 11), (4, 6)]:
+        x = random_input((2, *size, 6), seed=size[0])
+        expected = model.predict(x, verbose=0)
+        assert np.abs(expected - x).max() > 1e-3  # not the identity
+        np.testing.assert_array_equal(restored.predict(x, verbose=0), expected)
+
+
+# ------------------------------------------------------------------ training
+def gradients(layer, x):
+    with tf.GradientTape() as tape:
+        y = layer(tf.constant(x), training=True)
+        loss = tf.reduce_sum(tf.cast(y, tf.float32) * random_input(y.shape, seed=9))
+    return tape.gradient(loss, layer.trainable_weights)
+
+
+def test_gradients_reach_every_trainable_weight():
+    layer = NonLocal(inter_channels=4)
+    x = random_input((2, 9, 7, 8))
+    layer.build(x.shape)
+    # theta, phi, g: kernel + bias; W: kernel; BN: gamma, beta
+    assert len(layer.trainable_weights) == 3 * 2 + 1 + 2
+    # At initialisation gamma = 0 blocks the gradient of everything before the
+    # BN, but every weight is connected and gamma / beta already learn.
+    grads = dict(zip([w.path for w in layer.trainable_weights], gradients(layer, x)))
+    assert all(g is not None for g in grads.values())
+    assert float(tf.reduce_max(tf.abs(grads[layer.w_bn.gamma.path]))) > 0.0
+    assert float(tf.reduce_max(tf.abs(grads[layer.w_bn.beta.path]))) > 0.0
+    # Once gamma moves off zero, gradients reach every weight.
+    layer.w_bn.gamma.assign(np.ones(8, np.float32))
+    for weight, grad in zip(layer.trainable_weights, gradients(layer, x)):
+        assert grad is not None, weight.path
+        assert float(tf.reduce_max(tf.abs(grad))) > 0.0, weight.path
+
+
+def test_mixed_bfloat16(mixed_bfloat16):
+    layer = NonLocal(inter_channels=4)
+    layer.build((None, None, None, 8))
+    assert layer.compute_dtype == "bfloat16"
+    assert layer.theta.kernel.dtype == "float32"
+    randomise(layer, seed=6)
+    x = random_input((2, 9, 11, 8), seed=6)
+    y = layer(x, training=False)
+    assert y.dtype == tf.bfloat16
+    expected = nonlocal_reference(layer, x)
+    branch_error = np.abs(tf.cast(y, tf.float32).numpy() - expected).max()
+    assert branch_error <= 2e-2 * np.abs(expected).max()
+    inputs = keras.Input((None, None, 8))
+    model = keras.Model(inputs, layer(inputs))
+    assert model.predict(x[:1, :5, :3], verbose=0).shape == (1, 5, 3, 8)
+    for weight, grad in zip(layer.trainable_weights, gradients(layer, x)):
+        assert grad is not None and grad.dtype == tf.float32, weight.path
+        assert np.isfinite(grad.numpy()).all(), weight.path
+
+
+# -------------------------------------------------------------------- errors
+def test_bad_inputs_raise_clear_errors():
+    with pytest.raises(ValueError, match="4D NHWC"):
+        NonLocal()(tf.zeros((2, 8, 3)))
+    with pytest.raises(ValueError, match="4D NHWC"):
+        NonLocal().compute_output_shape((2, 8, 8, 8, 3))
+    with pytest.raises(ValueError, match="channel dimension"):
+        NonLocal().build((None, 8, 8, None))
+    with pytest.raises(ValueError, match="inter_channels"):
+        NonLocal(inter_channels=0)
