@@ -1,0 +1,1 @@
+"""Command-line training, evaluation, prediction, export and conversion for keras_gald."""
