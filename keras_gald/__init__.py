@@ -1,5 +1,10 @@
-"""keras_gald: GALD scene parsing networks for Keras 3 / TensorFlow."""
+"""keras_gald: GALD scene parsing networks for Keras 3 / TensorFlow.
+
+Subpackages: `layers` (GA and LD blocks), `backbones` (dilated ResNets),
+`models` (the GALD factory), `data` (tf.data pipelines), `losses`, `metrics`,
+`inference`, `export`, `convert`.
+"""
 
 __version__ = "0.1.0"
 
-from keras_gald import layers
+from keras_gald import backbones, data, layers, losses, metrics, models

@@ -50,7 +50,7 @@ class Segmenter(keras.Model):
         # A sub-graph sharing the same layers; kept out of Keras' tracking so
         # weights are saved once, under the full graph.
         self.__dict__["_logits_model"] = keras.Model(
-            inputs=self.inputs, outputs=outputs["logits"], name=f"{self.name}_logits"
+            inputs=inputs, outputs=outputs["logits"], name=f"{self.name}_logits"
         )
         self.aux_loss = None
         self.aux_loss_weight = 0.0

@@ -1,0 +1,4 @@
+"""GALD model factories and the `Segmenter` model class."""
+
+from keras_gald.models.gald import GALD
+from keras_gald.models.segmenter import Segmenter

@@ -1,0 +1,164 @@
+"""The GALD factory: every GA x LD combination, arrangements, outputs, round trips, errors."""
+
+import itertools
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_gald.models.gald import GALD
+from keras_gald.models.segmenter import Segmenter
+
+TINY = "resnet_tiny"
+H, W = 65, 97
+
+
+def _images(n=1, h=H, w=W, seed=0):
+    return np.random.default_rng(seed).normal(size=(n, h, w, 3)).astype("float32")
+
+
+@pytest.mark.parametrize(
+    "ga,ld", list(itertools.product(["aspp", "psp", "nonlocal", "cgnl", None], ["v1", "v2", None]))
+)
+def test_every_ga_ld_combination_builds_and_runs(ga, ld):
+    model = GALD(TINY, ga=ga, ld=ld, num_classes=5)
+    logits = model(_images())
+    assert logits.shape == (1, H, W, 5)
+    assert logits.dtype == tf.float32
+    assert np.isfinite(keras.ops.convert_to_numpy(logits)).all()
+
+
+@pytest.mark.parametrize("arrangement", ["gald", "ldga", "parallel"])
+@pytest.mark.parametrize("ld", ["v1", "v2"])
+def test_arrangements(arrangement, ld):
+    model = GALD(TINY, ga="aspp", ld=ld, arrangement=arrangement, num_classes=4)
+    assert model(_images()).shape == (1, H, W, 4)
+
+
+def test_aux_head_only_in_training():
+    model = GALD(TINY, ga="aspp", ld="v1", num_classes=3, aux_head=True)
+    x = _images(2)
+    train_out = model(x, training=True)
+    assert set(train_out) == {"logits", "aux_logits"}
+    assert train_out["aux_logits"].shape[-1] == 3
+    assert train_out["aux_logits"].shape[1] < H  # stage-3 resolution
+    assert model(x).shape == (2, H, W, 3)
+    assert model.predict(x, verbose=0).shape == (2, H, W, 3)
+    inference = model.inference_model()
+    assert not any("aux" in layer.name for layer in inference.layers)
+
+
+def test_no_aux_head():
+    model = GALD(TINY, ga=None, ld=None, num_classes=3, aux_head=False)
+    assert set(model(_images(), training=True)) == {"logits"}
+
+
+def test_dynamic_spatial_shapes_and_odd_sizes():
+    model = GALD(TINY, ga="psp", ld="v2", num_classes=3)
+    for h, w in [(65, 97), (33, 47), (80, 64)]:
+        assert model(_images(1, h, w)).shape == (1, h, w, 3)
+
+
+def test_mixed_bfloat16_returns_float32_logits():
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = GALD(TINY, ga="aspp", ld="v2", num_classes=3)
+        out = model(_images())
+        assert out.dtype == tf.float32 and out.shape == (1, H, W, 3)
+        assert np.isfinite(out.numpy()).all()
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def test_keras_round_trip_identical_outputs(tmp_path):
+    model = GALD(TINY, ga="cgnl", ld="v2", num_classes=4)
+    x = _images(2)
+    expected = model.predict(x, verbose=0)
+    path = tmp_path / "gald.keras"
+    model.save(path)
+    restored = keras.models.load_model(path)
+    assert isinstance(restored, Segmenter)
+    np.testing.assert_array_equal(restored.predict(x, verbose=0), expected)
+    assert set(restored(x, training=True)) == {"logits", "aux_logits"}
+
+
+def test_saved_model_export_serves_same_outputs(tmp_path):
+    model = GALD(TINY, ga="aspp", ld="v1", num_classes=4)
+    x = _images(1)
+    expected = model.predict(x, verbose=0)
+    model.export(str(tmp_path / "sm"), verbose=False)
+    reloaded = tf.saved_model.load(str(tmp_path / "sm"))
+    served = reloaded.serve(tf.constant(x))
+    np.testing.assert_allclose(served.numpy(), expected, atol=1e-5)
+    # the export has a dynamic batch and spatial size and no auxiliary output
+    other = reloaded.serve(tf.constant(_images(2, 49, 71)))
+    assert other.shape == (2, 49, 71, 4)
+
+
+def test_fit_trains_main_and_aux_heads():
+    model = GALD(TINY, ga="aspp", ld="v2", num_classes=3)
+    from keras_gald.losses import SegmentationCrossEntropy
+
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss=SegmentationCrossEntropy())
+    x = _images(2)
+    y = np.random.default_rng(1).integers(0, 3, size=(2, H, W)).astype("int32")
+    aux = model.get_layer("aux_classifier")
+    before = aux.kernel.numpy().copy()
+    history = model.fit(x, y, epochs=1, batch_size=2, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    assert not np.allclose(before, aux.kernel.numpy()), "aux head received no gradient"
+
+
+def test_gradients_reach_every_trainable_weight():
+    model = GALD(TINY, ga="aspp", ld="v2", num_classes=3)
+    x = _images(1)
+    with tf.GradientTape() as tape:
+        out = model(x, training=True)
+        loss = tf.reduce_mean(out["logits"] ** 2) + tf.reduce_mean(out["aux_logits"] ** 2)
+    grads = tape.gradient(loss, model.trainable_weights)
+    missing = [w.path for w, g in zip(model.trainable_weights, grads) if g is None]
+    assert not missing, missing
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(backbone="resnet1000"), "unknown backbone 'resnet1000'; valid choices: .*resnet50"),
+        (dict(ga="fpn"), "unknown ga 'fpn'; valid choices: 'aspp', 'psp'"),
+        (dict(ld="v3"), "unknown ld 'v3'; valid choices: 'v1', 'v2', None"),
+        (dict(arrangement="serial"), "unknown arrangement 'serial'"),
+        (dict(output_stride=4), "output_stride must be 8, 16 or 32"),
+    ],
+)
+def test_bad_configuration_errors(kwargs, match):
+    args = dict(backbone=TINY, num_classes=3)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        GALD(**args)
+
+
+def test_wrong_channel_count_error():
+    model = GALD(TINY, ga=None, ld=None, num_classes=3)
+    # Keras' input spec names the expected and the received shape.
+    with pytest.raises(ValueError, match=r"expected shape=\(None, None, None, 3\), found shape=\(1, 65, 97, 4\)"):
+        model(np.zeros((1, 65, 97, 4), "float32"))
+    with pytest.raises(ValueError, match=r"expected images with 3 channels \(N, H, W, 3\); got 1 channels"):
+        GALD(TINY, ga=None, ld=None, num_classes=3, input_shape=(64, 64, 3))(
+            np.zeros((1, 64, 64, 1), "float32")
+        )
+
+
+def test_too_small_input_error_names_minimum():
+    model = GALD(TINY, ga="aspp", ld="v1", num_classes=3, input_shape=(None, None, 3))
+    with pytest.raises((ValueError, tf.errors.InvalidArgumentError), match="minimum height and width is 16"):
+        model(np.zeros((1, 12, 40, 3), "float32"))
+    with pytest.raises(ValueError, match="minimum height and width is 16"):
+        GALD(TINY, ga="aspp", ld="v1", num_classes=3, input_shape=(12, 40, 3))
+
+
+@pytest.mark.parametrize("output_stride", [8, 16, 32])
+def test_output_strides(output_stride):
+    model = GALD(TINY, ga="aspp", ld="v2", num_classes=2, output_stride=output_stride)
+    out = model(_images(), training=True)
+    assert out["logits"].shape == (1, H, W, 2)
