@@ -1,0 +1,197 @@
+"""`keras-gald evaluate`: mIoU / accuracy (and optional boundary F-score) of a saved model.
+
+    keras-gald evaluate --model model.keras --dataset camvid --data-dir /data/camvid \\
+        [--split val] [--sliding 360] [--scales 0.75 1 1.25] [--flip] [--boundary] \\
+        [--out results/] [--limit N] [--images-to-show K]
+
+Datasets: camvid, cityscapes, ade20k, pascal_context, coco_stuff (their readers in
+`keras_gald.data`) and `folder` (`DIR/images` + `DIR/labels` + `DIR/classes.txt`, or
+`DIR/<split>/...` when that folder exists).
+
+Prints a per-class IoU / accuracy table and writes (with `--out`) `metrics.json`,
+`confusion_matrix.png` and `examples/<k>_<name>.png` (input | prediction | ground truth |
+errors) for the first `--images-to-show` images.
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+DATASETS = {
+    "camvid": ("camvid", "val"),
+    "cityscapes": ("cityscapes", "val"),
+    "ade20k": ("ade20k", "validation"),
+    "pascal_context": ("pascal_context", "val"),
+    "coco_stuff": ("coco_stuff", "val2017"),
+    "folder": ("folder", None),
+}
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="keras-gald evaluate", description=__doc__.split("\n")[0])
+    p.add_argument("--model", required=True, help="a .keras model file")
+    p.add_argument("--dataset", required=True, choices=sorted(DATASETS))
+    p.add_argument("--data-dir", required=True)
+    p.add_argument("--split", default=None, help="split (default: the dataset's validation split)")
+    p.add_argument("--normalization", default="imagenet", choices=["imagenet", "bgr_mean", "none"])
+    p.add_argument("--sliding", type=int, nargs="+", default=None, metavar="CROP",
+                   help="sliding-window crop size (one int or H W); default: whole image")
+    p.add_argument("--stride", type=int, nargs="+", default=None, help="sliding stride (default 2/3 crop)")
+    p.add_argument("--scales", type=float, nargs="+", default=[1.0])
+    p.add_argument("--flip", action="store_true", help="horizontal-flip test-time augmentation")
+    p.add_argument("--boundary", action="store_true", help="also compute the boundary F-score")
+    p.add_argument("--out", default=None, help="output folder for JSON / PNGs")
+    p.add_argument("--limit", type=int, default=0, help="evaluate only the first N images")
+    p.add_argument("--images-to-show", type=int, default=0,
+                   help="save side-by-side PNGs for the first K images (needs --out)")
+    return p
+
+
+def load_source(dataset, data_dir, split):
+    from keras_gald import data
+
+    reader_name, default_split = DATASETS[dataset]
+    split = split or default_split
+    if dataset == "folder":
+        root = pathlib.Path(data_dir)
+        if split and (root / split).is_dir():
+            root = root / split
+        return data.folder(root)
+    return getattr(data, reader_name)(data_dir, split)
+
+
+def _pair(values):
+    if values is None:
+        return None
+    return (values[0], values[0]) if len(values) == 1 else tuple(values[:2])
+
+
+def predict_logits(model, images, sliding=None, stride=None, scales=(1.0,), flip=False):
+    """Scores `(N, H, W, C)` with the chosen inference mode (NumPy)."""
+    from keras_gald import inference
+
+    sliding_kwargs = None if sliding is None else {"crop_size": sliding, "stride": stride}
+    if tuple(scales) != (1.0,) or flip:
+        return inference.predict_multiscale(model, images, scales=scales, flip=flip,
+                                            sliding=sliding_kwargs)
+    if sliding_kwargs is not None:
+        return inference.predict_sliding(model, images, **sliding_kwargs)
+    return inference.predict_whole(model, images)
+
+
+def evaluate(model, source, normalization="imagenet", sliding=None, stride=None, scales=(1.0,),
+             flip=False, boundary=False, limit=0, images_to_show=0, out=None, verbose=1):
+    """Runs the evaluation; returns the results dict (also written to `out/metrics.json`)."""
+    import keras
+    import numpy as np
+
+    from keras_gald import data, metrics, visualize
+
+    info = source[1]
+    num_images = len(source[0]) if limit <= 0 else min(limit, len(source[0]))
+    dataset = data.make_eval_dataset(source, normalization=normalization, include_paths=True)
+    num_classes = info.num_classes
+    confusion = np.zeros((num_classes, num_classes), np.int64)
+    bfs = metrics.BoundaryFScoreAccumulator(num_classes) if boundary else None
+    out = pathlib.Path(out) if out else None
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+    bar = keras.utils.Progbar(num_images, verbose=verbose, unit_name="image",
+                             stateful_metrics=["mIoU"])
+    for i, (image, mask, path) in enumerate(dataset.take(num_images)):
+        scores = predict_logits(model, image.numpy(), sliding, stride, scales, flip)
+        pred = scores.argmax(-1).astype(np.int32)[0]
+        gt = mask.numpy()[0]
+        confusion += metrics.confusion_matrix_np(gt, pred, num_classes)
+        if bfs is not None:
+            bfs.update(pred, gt)
+        if out and i < images_to_show:
+            rgb = np.asarray(data.to_uint8_rgb(image[0], normalization))
+            name = pathlib.Path(path.numpy()[0].decode()).stem
+            visualize.render_eval_example(rgb, pred, gt, info, out / "examples" / f"{i:03d}_{name}.png")
+        _, miou = metrics.iou_from_confusion(confusion)
+        bar.update(i + 1, values=[("mIoU", miou)])
+    per_class, miou = metrics.iou_from_confusion(confusion)
+    gt_totals = confusion.sum(1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        class_acc = np.where(gt_totals > 0, np.diag(confusion) / np.maximum(gt_totals, 1), np.nan)
+    pixel_acc = float(np.diag(confusion).sum() / max(confusion.sum(), 1))
+    mean_acc = float(np.nanmean(class_acc)) if np.isfinite(class_acc).any() else 0.0
+
+    def clean(values):
+        return [None if np.isnan(v) else float(v) for v in values]
+
+    results = {
+        "num_images": int(num_images),
+        "mean_iou": float(miou),
+        "pixel_accuracy": pixel_acc,
+        "mean_accuracy": mean_acc,
+        "class_names": list(info.class_names),
+        "per_class_iou": dict(zip(info.class_names, clean(per_class))),
+        "per_class_accuracy": dict(zip(info.class_names, clean(class_acc))),
+        "confusion_matrix": confusion.tolist(),
+        "inference": {"sliding": list(sliding) if sliding else None,
+                      "stride": list(stride) if stride else None,
+                      "scales": list(scales), "flip": bool(flip)},
+    }
+    if bfs is not None:
+        res = bfs.result()
+        results["boundary_f"] = {
+            "thresholds": list(bfs.thresholds),
+            "mean_f": clean(res["mean_f"]),
+            "per_class_f": [clean(row) for row in res["per_class_f"]],
+        }
+    table = metrics.format_iou_table(per_class, info.class_names,
+                                     extra_columns={"Acc": class_acc},
+                                     title=f"{num_images} images")
+    results["table"] = table
+    if out:
+        (out / "metrics.json").write_text(json.dumps(results, indent=2))
+        visualize.confusion_matrix_image(confusion, list(info.class_names)).save(
+            out / "confusion_matrix.png")
+    return results
+
+
+def summary_text(results):
+    lines = [results["table"],
+             f"mIoU {100 * results['mean_iou']:.2f}  pixel acc {100 * results['pixel_accuracy']:.2f}"
+             f"  mean acc {100 * results['mean_accuracy']:.2f}"]
+    if "boundary_f" in results:
+        b = results["boundary_f"]
+        lines.append("boundary F: " + "  ".join(
+            f"{t:g}: {'n/a' if f is None else f'{100 * f:.2f}'}"
+            for t, f in zip(b["thresholds"], b["mean_f"])))
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    import keras
+
+    import keras_gald  # noqa: F401  (registers the serializable layers)
+    import keras_gald.models  # noqa: F401
+
+    if args.images_to_show and not args.out:
+        print("keras-gald evaluate: --images-to-show needs --out", file=sys.stderr)
+        return 2
+    model = keras.saving.load_model(args.model, compile=False)
+    source = load_source(args.dataset, args.data_dir, args.split)
+    results = evaluate(
+        model, source,
+        normalization=None if args.normalization == "none" else args.normalization,
+        sliding=_pair(args.sliding), stride=_pair(args.stride), scales=tuple(args.scales),
+        flip=args.flip, boundary=args.boundary, limit=args.limit,
+        images_to_show=args.images_to_show, out=args.out,
+    )
+    print(summary_text(results))
+    if args.out:
+        print(f"wrote {pathlib.Path(args.out) / 'metrics.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
