@@ -7,4 +7,4 @@ Subpackages: `layers` (GA and LD blocks), `backbones` (dilated ResNets),
 
 __version__ = "0.1.0"
 
-from keras_gald import backbones, convert, data, layers, losses, metrics, models
+from keras_gald import backbones, convert, data, export, inference, layers, losses, metrics, models, visualize

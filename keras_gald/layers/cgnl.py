@@ -114,9 +114,27 @@ class CGNL(keras.layers.Layer):
         out = tf.reshape(out, (n, h, w, self.planes))
         return tf.cast(out, self.compute_dtype)
 
+    def _grouped_pointwise(self, y):
+        """`self.z(y)` written as one batched matmul over the groups.
+
+        Keras' TF backend runs grouped convolutions on CPU inside an XLA
+        function that tf2onnx cannot convert; a batched matmul with the same
+        kernel (contiguous groups, like PyTorch) exports everywhere.
+        """
+        shape = tf.shape(y)
+        n, h, w = shape[0], shape[1], shape[2]
+        groups, c = self.groups, self.planes // self.groups
+        out_per_group = self.z.filters // groups
+        kernel = tf.cast(self.z.kernel, y.dtype)  # (1, 1, c, groups * out_per_group)
+        kernel = tf.transpose(tf.reshape(kernel, (c, groups, out_per_group)), (1, 0, 2))
+        y = tf.transpose(tf.reshape(y, (-1, groups, c)), (1, 0, 2))  # (groups, NHW, c)
+        out = tf.matmul(y, kernel)  # (groups, NHW, out_per_group)
+        out = tf.transpose(out, (1, 0, 2))
+        return tf.reshape(out, (n, h, w, self.z.filters))
+
     def call(self, inputs):
         y = self._aggregate(inputs)
-        y = self.gn(self.z(y))
+        y = self.gn(self._grouped_pointwise(y))
         return y + inputs
 
     def compute_output_shape(self, input_shape):

@@ -428,7 +428,8 @@ class LDv2(keras.layers.Layer):
         """(N,H,W,h,d) -> (N,H,W,K,h,d) neighbourhoods via extract_patches."""
         kk = self.kernel_size
         shape = tf.shape(x)
-        flat = tf.reshape(x, tf.concat([shape[:3], [-1]], axis=0))
+        # An explicit channel count: tf2onnx turns a -1 here into a Reshape with two -1s.
+        flat = tf.reshape(x, tf.stack([shape[0], shape[1], shape[2], shape[3] * shape[4]]))
         patches = tf.image.extract_patches(
             flat,
             sizes=[1, kk, kk, 1],
