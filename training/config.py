@@ -1,0 +1,177 @@
+"""`TrainConfig`: every knob of `keras-gald train`, named presets and overrides.
+
+A config is resolved as: preset (`training.configs.get(name)`) -> `--set key=value`
+overrides and the common flags -> validation. The resolved config is printed and
+written to `RUN_DIR/config.json`.
+
+Example:
+    >>> cfg = resolve_config("default", {"steps": "20", "crop_size": "64,96"})
+    >>> cfg.steps, cfg.crop_size
+    (20, (64, 96))
+"""
+
+import dataclasses
+import json
+import typing
+
+DATASETS = ("synthetic", "camvid", "cityscapes", "ade20k", "pascal_context", "coco_stuff")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """All training settings (see `training/configs/__init__.py` for the presets)."""
+
+    name: str = "default"
+    # --- data
+    dataset: str = "synthetic"  # one of DATASETS
+    data_dir: typing.Optional[str] = None
+    train_split: typing.Optional[str] = None  # None: the dataset's usual train split name
+    val_split: typing.Optional[str] = None
+    synthetic_train_images: int = 256
+    synthetic_val_images: int = 32
+    synthetic_size: typing.Tuple[int, int] = (96, 128)
+    crop_size: typing.Tuple[int, int] = (96, 128)
+    scale_range: typing.Optional[typing.Tuple[float, float]] = (0.75, 1.25)
+    scale_step: typing.Optional[float] = 0.1
+    flip: bool = True
+    photometric: bool = False
+    normalization: str = "imagenet"
+    cache: bool = True
+    # --- model
+    backbone: str = "resnet_small"
+    ga: typing.Optional[str] = "aspp"
+    ld: typing.Optional[str] = "v2"
+    arrangement: str = "gald"
+    output_stride: int = 8
+    multi_grid: typing.Tuple[int, ...] = (1, 2, 4)
+    stem: str = "deep"
+    head_channels: int = 64
+    aspp_filters: int = 32
+    dropout: float = 0.1
+    aux_head: bool = True
+    aux_loss_weight: float = 0.4
+    sync_bn: str = "auto"  # "auto": on when the strategy has > 1 replica; or true / false
+    backbone_weights: typing.Optional[str] = None
+    init_weights: typing.Optional[str] = None  # a .weights.h5 loaded before step 0
+    # --- optimisation
+    steps: int = 300
+    batch_size: int = 8  # global batch (split over replicas)
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    poly_power: float = 0.9
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    loss: str = "ce"  # "ce" or "ohem"
+    ohem_thresh: float = 0.7
+    ohem_min_kept: int = 100000
+    loss_distributed_mean: str = "replica"  # keras_gald.losses `distributed_mean`: replica|global
+    seed: int = 0
+    # --- loop / bookkeeping
+    checkpoint_every: int = 50
+    eval_every: int = 0  # 0: only at the end; else a multiple of checkpoint_every
+    keep_checkpoints: int = 3
+    eval_scale: float = 1.0  # images resized by this for inference; IoU at full label size
+    eval_max_images: int = 0  # 0: the whole validation split
+    run_dir: typing.Optional[str] = None  # default runs/<name>
+    resume: bool = True
+    stop_at: int = 0  # >0: stop (with a checkpoint) after this step, schedule unchanged
+    # --- execution
+    devices: int = 0  # 0: all visible GPUs (or the CPU); N: N GPUs or N logical CPU devices
+    xla: str = "auto"  # "auto" (on for GPU, off for CPU), "true", "false"
+    mixed_precision: bool = False
+    export_saved_model: bool = True
+    notes: str = ""
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    def to_json(self):
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _parse_bool(text):
+    value = str(text).strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(f"expected a boolean (true/false), got {text!r}")
+
+
+def parse_value(key, text):
+    """Converts the string `text` to the type of `TrainConfig.<key>`."""
+    if key not in FIELDS:
+        raise KeyError(
+            f"unknown config key {key!r}; valid keys: {', '.join(sorted(FIELDS))}"
+        )
+    if not isinstance(text, str):
+        return text
+    annotation = FIELDS[key].type
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    optional = origin is typing.Union and type(None) in args
+    if optional:
+        if text.strip().lower() in ("none", "null", ""):
+            return None
+        annotation = [a for a in args if a is not type(None)][0]
+        origin = typing.get_origin(annotation)
+        args = typing.get_args(annotation)
+    if origin is tuple:
+        item_type = args[0]
+        parts = [p for p in text.replace("x", ",").split(",") if p.strip()]
+        values = tuple(item_type(p.strip()) for p in parts)
+        if args[-1] is not Ellipsis and len(values) != len(args):
+            raise ValueError(f"{key} needs {len(args)} comma-separated values, got {text!r}")
+        return values
+    if annotation is bool:
+        return _parse_bool(text)
+    if annotation is int:
+        return int(text)
+    if annotation is float:
+        return float(text)
+    return text
+
+
+def apply_overrides(config, overrides):
+    """Returns a copy of `config` with `{key: value_or_string}` applied (unknown keys raise)."""
+    changes = {key: parse_value(key, value) for key, value in overrides.items()}
+    return dataclasses.replace(config, **changes)
+
+
+def validate(config):
+    """Raises ValueError on inconsistent settings; returns the config."""
+    if config.dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {config.dataset!r}; choose from {DATASETS}")
+    if config.dataset != "synthetic" and not config.data_dir:
+        raise ValueError(f"config {config.name!r} reads {config.dataset}: pass --data-dir")
+    if config.loss not in ("ce", "ohem"):
+        raise ValueError(f"loss must be 'ce' or 'ohem', got {config.loss!r}")
+    if config.optimizer != "sgd":
+        raise ValueError(f"only the authors' optimizer 'sgd' is implemented, got {config.optimizer!r}")
+    if config.steps < 1 or config.batch_size < 1 or config.checkpoint_every < 1:
+        raise ValueError("steps, batch_size and checkpoint_every must be >= 1")
+    if config.eval_every and config.eval_every % config.checkpoint_every:
+        raise ValueError("eval_every must be 0 or a multiple of checkpoint_every")
+    if str(config.xla).lower() not in ("auto",) + _TRUE + _FALSE:
+        raise ValueError(f"xla must be auto/true/false, got {config.xla!r}")
+    if str(config.sync_bn).lower() not in ("auto",) + _TRUE + _FALSE:
+        raise ValueError(f"sync_bn must be auto/true/false, got {config.sync_bn!r}")
+    if not 0.0 < config.eval_scale <= 4.0:
+        raise ValueError(f"eval_scale must be in (0, 4], got {config.eval_scale}")
+    return config
+
+
+def resolve_config(name="default", overrides=None):
+    """Preset `name` + overrides, validated (data_dir is checked later by `validate`)."""
+    from training import configs
+
+    config = configs.get(name)
+    if overrides:
+        config = apply_overrides(config, overrides)
+    return config

@@ -1,0 +1,482 @@
+"""`keras-gald train` / `python -m training.train`: train a GALD network.
+
+Usage:
+    python -m training.train --config default
+    python -m training.train --config camvid --data-dir /data/camvid --steps 400
+    python -m training.train --config cityscapes --data-dir /data/cityscapes --devices 8
+    python -m training.train --config default --set backbone=resnet_tiny --set lr=0.02
+
+Everything lives in `training.config.TrainConfig`; `--set key=value` overrides any
+field and the common flags below are shortcuts. The run directory holds:
+
+    config.json                resolved config
+    checkpoints/ckpt-STEP.*    tf.train.Checkpoint of model + optimizer (every N steps, end)
+    log.csv                    per-interval loss / mIoU / lr (appended on resume)
+    model.keras                final model;  saved_model/  inference SavedModel
+    metrics.json               final validation per-class IoU
+
+Resume: with `resume=True` (default) a rerun of the same command restores the latest
+checkpoint (weights, BN statistics, optimizer slots and iteration count), so the poly
+schedule -- a function of the optimizer's iteration count -- continues exactly, and the
+(deterministic, seeded) training stream skips the batches already consumed.
+
+Weight decay: decoupled, via `keras.optimizers.SGD(weight_decay=wd)`
+(`w -= lr * wd * w` each step) on conv / dense kernels only (BN gamma/beta and biases
+excluded). PyTorch's SGD adds `wd * w` to the gradient instead (coupled, through
+momentum); the two differ by the momentum amplification of the decay term.
+"""
+
+import argparse
+import csv
+import json
+import math
+import os
+import pathlib
+import shutil
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from training import config as config_lib  # noqa: E402  (pure Python, no TF)
+from training import configs as presets  # noqa: E402
+from training import strategy as strategy_lib  # noqa: E402
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="keras-gald train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", default="default", help=f"preset: {', '.join(presets.names())}")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any TrainConfig field (repeatable)")
+    p.add_argument("--data-dir")
+    p.add_argument("--run-dir")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--crop", help="H,W or a single size")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--devices", type=int)
+    p.add_argument("--xla", nargs="?", const="true", help="auto / true / false")
+    p.add_argument("--no-xla", dest="xla", action="store_const", const="false")
+    p.add_argument("--mixed-precision", dest="mixed_precision", action="store_const", const="true")
+    p.add_argument("--resume", dest="resume", action="store_const", const="true")
+    p.add_argument("--no-resume", dest="resume", action="store_const", const="false")
+    p.add_argument("--eval-every", type=int)
+    p.add_argument("--checkpoint-every", type=int)
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    return p
+
+
+def config_from_args(args):
+    overrides = {}
+    for item in args.set:
+        if "=" not in item:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        overrides[key.strip()] = value
+    flags = {
+        "data_dir": args.data_dir, "run_dir": args.run_dir, "steps": args.steps,
+        "batch_size": args.batch_size, "lr": args.lr, "devices": args.devices,
+        "xla": args.xla, "mixed_precision": args.mixed_precision, "resume": args.resume,
+        "eval_every": args.eval_every, "checkpoint_every": args.checkpoint_every,
+    }
+    if args.crop:
+        crop = args.crop if "," in args.crop or "x" in args.crop else f"{args.crop},{args.crop}"
+        flags["crop_size"] = crop
+    overrides.update({k: (str(v) if not isinstance(v, str) else v)
+                      for k, v in flags.items() if v is not None})
+    config = config_lib.resolve_config(args.config, overrides)
+    if config.run_dir is None:
+        config = config_lib.apply_overrides(config, {"run_dir": os.path.join("runs", config.name)})
+    return config_lib.validate(config)
+
+
+# --------------------------------------------------------------------------- TF parts
+# Imported lazily: the CPU must be split into logical devices before TF initialises.
+
+
+def make_poly_schedule_class():
+    import keras
+
+    @keras.saving.register_keras_serializable(package="keras_gald_training")
+    class PolyLR(keras.optimizers.schedules.LearningRateSchedule):
+        """`initial_lr * (1 - step / max_steps) ** power`, clamped at 0 past `max_steps`.
+
+        Driven by the optimizer's iteration count (step 0 -> `initial_lr`), so a restored
+        optimizer continues the schedule exactly.
+        """
+
+        def __init__(self, initial_lr, max_steps, power=0.9):
+            self.initial_lr = float(initial_lr)
+            self.max_steps = int(max_steps)
+            self.power = float(power)
+
+        def __call__(self, step):
+            step = keras.ops.cast(step, "float32")
+            frac = keras.ops.minimum(step / float(self.max_steps), 1.0)
+            return self.initial_lr * keras.ops.power(1.0 - frac, self.power)
+
+        def get_config(self):
+            return {"initial_lr": self.initial_lr, "max_steps": self.max_steps, "power": self.power}
+
+    return PolyLR
+
+
+_POLY = None
+
+
+def PolyLR(*args, **kwargs):  # noqa: N802 - factory that looks like the class
+    global _POLY
+    if _POLY is None:
+        _POLY = make_poly_schedule_class()
+    return _POLY(*args, **kwargs)
+
+
+def _truthy(value):
+    return str(value).lower() in ("1", "true", "yes", "on")
+
+
+def data_sources(config):
+    """-> (train_source, val_source) for `make_dataset` / `make_eval_dataset`."""
+    from keras_gald import data
+
+    d = config.dataset
+    if d == "synthetic":
+        h, w = config.synthetic_size
+        return (
+            data.synthetic_source(config.synthetic_train_images, h, w, seed=config.seed),
+            data.synthetic_source(config.synthetic_val_images, h, w, seed=config.seed + 1000),
+        )
+    defaults = {
+        "camvid": (data.camvid, "train", "val"),
+        "cityscapes": (data.cityscapes, "train", "val"),
+        "ade20k": (data.ade20k, "training", "validation"),
+        "pascal_context": (data.pascal_context, "train", "val"),
+        "coco_stuff": (data.coco_stuff, "train2017", "val2017"),
+    }
+    reader, train_split, val_split = defaults[d]
+    return (
+        reader(config.data_dir, config.train_split or train_split),
+        reader(config.data_dir, config.val_split or val_split),
+    )
+
+
+def source_info(source):
+    return source[1]
+
+
+def build_model(config, num_classes, sync_bn):
+    from keras_gald.models import GALD
+
+    return GALD(
+        backbone=config.backbone, ga=config.ga, ld=config.ld, arrangement=config.arrangement,
+        num_classes=num_classes, output_stride=config.output_stride,
+        aux_head=config.aux_head, multi_grid=tuple(config.multi_grid), stem=config.stem,
+        backbone_weights=config.backbone_weights, head_channels=config.head_channels,
+        aspp_filters=config.aspp_filters, dropout=config.dropout, sync_bn=sync_bn,
+    )
+
+
+def build_optimizer(config):
+    import keras
+
+    opt = keras.optimizers.SGD(
+        learning_rate=PolyLR(config.lr, config.steps, config.poly_power),
+        momentum=config.momentum, nesterov=config.nesterov,
+        weight_decay=config.weight_decay or None,
+    )
+    # L2 on conv / dense kernels only, like the authors' recipe intends.
+    opt.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
+    return opt
+
+
+def build_loss(config):
+    from keras_gald.losses import OHEMCrossEntropy, SegmentationCrossEntropy
+
+    if config.loss == "ohem":
+        return OHEMCrossEntropy(config.ohem_thresh, config.ohem_min_kept,
+                                distributed_mean=config.loss_distributed_mean)
+    return SegmentationCrossEntropy(distributed_mean=config.loss_distributed_mean)
+
+
+def evaluate_model(model, dataset, info, eval_scale=1.0, max_images=0):
+    """Full-image validation: -> keras_gald MeanIoU (confusion over all pixels)."""
+    import tensorflow as tf
+
+    from keras_gald.metrics import MeanIoU
+
+    metric = MeanIoU(info.num_classes, class_names=list(info.class_names))
+    scale = float(eval_scale)
+
+    @tf.function(reduce_retracing=True)
+    def infer(images):
+        if scale != 1.0:
+            hw = tf.cast(tf.round(tf.cast(tf.shape(images)[1:3], tf.float32) * scale), tf.int32)
+            images = tf.image.resize(images, hw, method="bilinear")
+        return model(images, training=False)
+
+    seen = 0
+    for images, masks in dataset:
+        metric.update_state(masks, infer(images))  # logits upsampled to label size
+        seen += int(images.shape[0])
+        if max_images and seen >= max_images:
+            break
+    return metric
+
+
+def resumable_stream(make_pipeline, start_holder):
+    """The training batches as a dataset whose every iterator restarts the same stream.
+
+    `make_dataset`'s randomness (shuffle, augmentation seeds) changes with each new iterator
+    of the same dataset object, and Keras' `fit` opens more than one; so each iterator here
+    builds a fresh pipeline (identical batches for the same seed) and skips the
+    `start_holder["step"]` batches already trained on. Batch `i` of the stream is then a
+    pure function of (config, i), which makes resumption exact.
+    """
+    import tensorflow as tf
+
+    spec = make_pipeline().element_spec
+
+    def generate():
+        first = True
+        for element in make_pipeline().skip(start_holder["step"]):
+            if first and start_holder.get("peek"):
+                # Keras' fit under a tf.distribute strategy reads one batch from the
+                # training iterator to build the model (`_maybe_symbolic_build`) and drops
+                # it: feed it a copy of the first batch so no training batch is lost.
+                yield element
+            first = False
+            yield element
+
+    ds = tf.data.Dataset.from_generator(generate, output_signature=spec)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def weights_fingerprint(model):
+    """sha256 over all model variables (float32 bytes): identical weights <=> same digest."""
+    import hashlib
+
+    import numpy as np
+
+    digest = hashlib.sha256()
+    for value in model.get_weights():
+        digest.update(np.ascontiguousarray(np.asarray(value, np.float32)).tobytes())
+    return digest.hexdigest()[:16]
+
+
+class _TrainCallbacks:
+    """Keras callbacks built lazily (keras import)."""
+
+    @staticmethod
+    def make(model, optimizer, manager, config, is_chief, val_fn, stop_step):
+        import keras
+
+        class StepLogger(keras.callbacks.Callback):
+            """Adds `lr` and `step` to the logs, stops at `stop_step`, checkpoints, validates."""
+
+            def _lr(self):
+                return float(optimizer.learning_rate.numpy()) if hasattr(
+                    optimizer.learning_rate, "numpy") else float(
+                    keras.ops.convert_to_numpy(optimizer.learning_rate))
+
+            def on_train_batch_end(self, batch, logs=None):
+                if logs is not None:
+                    logs["lr"] = self._lr()
+                if int(optimizer.iterations.numpy()) >= stop_step:
+                    self.model.stop_training = True
+
+            def on_epoch_end(self, epoch, logs=None):
+                step = int(optimizer.iterations.numpy())
+                manager.save(checkpoint_number=step)
+                if logs is not None:
+                    logs["lr"] = self._lr()
+                    logs["step"] = step
+                    if config.eval_every and step % config.eval_every == 0 and step < config.steps:
+                        logs["val_mean_iou"] = float(val_fn().result())
+
+        return StepLogger()
+
+
+def _truncate_csv(path, max_step):
+    """Drops rows logged past `max_step` (a run killed after logging, before saving)."""
+    if not path.exists():
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows or "step" not in rows[0]:
+        return
+    col = rows[0].index("step")
+    kept = [rows[0]] + [r for r in rows[1:] if r and float(r[col]) <= max_step]
+    if len(kept) != len(rows):
+        with open(path, "w", newline="") as f:
+            csv.writer(f).writerows(kept)
+
+
+def train(config, strategy, strategy_desc, is_chief, worker_index, on_gpu):
+    import keras
+    import tensorflow as tf
+
+    from keras_gald import data
+    from keras_gald.metrics import MeanIoU
+
+    run_dir = pathlib.Path(config.run_dir)
+    # Non-chief workers write to scratch dirs (multi-worker saving is collective).
+    write_dir = run_dir if is_chief else run_dir / f".worker_{worker_index}"
+    write_dir.mkdir(parents=True, exist_ok=True)
+    replicas = strategy.num_replicas_in_sync
+
+    xla = _truthy(config.xla) if str(config.xla).lower() != "auto" else on_gpu
+    if xla and replicas > 1:
+        print("note: XLA is off under a multi-replica strategy (model.fit cannot jit_compile "
+              "across devices); training runs without jit_compile.")
+        xla = False
+    sync_bn = replicas > 1 if str(config.sync_bn).lower() == "auto" else _truthy(config.sync_bn)
+    if config.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16" if on_gpu else "mixed_bfloat16")
+    if config.batch_size % replicas:
+        raise ValueError(f"batch_size {config.batch_size} is not divisible by {replicas} replicas")
+
+    keras.utils.set_random_seed(config.seed)
+    train_src, val_src = data_sources(config)
+    info = source_info(train_src)
+    def fresh_train_pipeline():
+        return data.make_dataset(
+            train_src, crop_size=tuple(config.crop_size), batch_size=config.batch_size,
+            scale_range=tuple(config.scale_range) if config.scale_range else None,
+            scale_step=config.scale_step, flip=config.flip, photometric=config.photometric,
+            normalization=config.normalization, seed=config.seed, cache=config.cache,
+            repeat=True,
+        )
+
+    start_holder = {"step": 0, "peek": strategy is not tf.distribute.get_strategy()}
+    train_ds = resumable_stream(fresh_train_pipeline, start_holder)
+    if strategy_lib.is_multi_worker():
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        train_ds = train_ds.with_options(options)
+    val_ds = data.make_eval_dataset(val_src, normalization=config.normalization,
+                                    cache=config.cache)
+
+    with strategy.scope():
+        model = build_model(config, info.num_classes, sync_bn)
+        optimizer = build_optimizer(config)
+        model.compile(
+            optimizer=optimizer, loss=build_loss(config),
+            metrics=[MeanIoU(info.num_classes, name="mean_iou")],
+            aux_loss="auto" if config.aux_head else None,
+            aux_loss_weight=config.aux_loss_weight, jit_compile=xla,
+        )
+        optimizer.build(model.trainable_variables)
+        # Build metric / loss state now: Keras' own build under a multi-worker strategy
+        # fails on PerReplica batches (see the report); the batch is only used symbolically.
+        spec = train_ds.element_spec
+        model._symbolic_build(data_batch=(
+            keras.KerasTensor((1,) + tuple(spec[0].shape[1:]), "float32"),
+            keras.KerasTensor((1,) + tuple(spec[1].shape[1:]), "int32"),
+        ))
+        ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer)
+    manager = tf.train.CheckpointManager(ckpt, str(write_dir / "checkpoints"),
+                                         max_to_keep=config.keep_checkpoints,
+                                         checkpoint_name="ckpt")
+    start_step = 0
+    # Every worker restores the chief's latest checkpoint (shared file system assumed).
+    latest = tf.train.latest_checkpoint(str(run_dir / "checkpoints")) if config.resume else None
+    if latest:
+        ckpt.restore(latest).assert_existing_objects_matched()
+        start_step = int(optimizer.iterations.numpy())
+        print(f"resumed from {latest} at step {start_step}")
+    else:
+        if config.init_weights:
+            model.load_weights(config.init_weights)
+        if is_chief:
+            model.save_weights(write_dir / "initial.weights.h5")  # reproducibility
+    if not latest and not config.resume and is_chief and (run_dir / "checkpoints").exists():
+        shutil.rmtree(run_dir / "checkpoints")
+        for name in ("log.csv",):
+            (run_dir / name).unlink(missing_ok=True)
+
+    print(f"strategy: {strategy_desc}; replicas {replicas}; sync_bn {sync_bn}; xla {xla}; "
+          f"mixed precision {keras.mixed_precision.global_policy().name}")
+    print(f"model {model.name}: {model.count_params():,} parameters; "
+          f"{info.num_classes} classes ({info.name})")
+
+    stop_step = min(config.steps, config.stop_at) if config.stop_at else config.steps
+    spe = config.checkpoint_every
+    epochs = math.ceil(config.steps / spe)
+    initial_epoch = start_step // spe
+    if start_step >= stop_step:
+        print(f"already trained to step {start_step}; skipping training")
+    else:
+        start_holder["step"] = start_step  # continue the seeded stream exactly
+        csv_path = write_dir / "log.csv"
+        _truncate_csv(csv_path, start_step)
+        val_fn = lambda: evaluate_model(model, val_ds, info, config.eval_scale,  # noqa: E731
+                                        config.eval_max_images)
+        callbacks = [
+            _TrainCallbacks.make(model, optimizer, manager, config, is_chief, val_fn, stop_step),
+            keras.callbacks.CSVLogger(str(csv_path), append=True),
+        ]
+        try:
+            import tensorboard  # noqa: F401
+
+            callbacks.append(keras.callbacks.TensorBoard(str(write_dir / "tensorboard")))
+        except ImportError:
+            pass
+        t0 = time.time()
+        model.fit(train_ds, epochs=epochs, initial_epoch=initial_epoch, steps_per_epoch=spe,
+                  callbacks=callbacks, verbose=1 if is_chief else 0)
+        step = int(optimizer.iterations.numpy())
+        if manager.latest_checkpoint is None or not manager.latest_checkpoint.endswith(f"-{step}"):
+            manager.save(checkpoint_number=step)
+        print(f"trained steps {start_step} -> {step} in {time.time() - t0:.1f}s")
+
+    step = int(optimizer.iterations.numpy())
+    print(f"weights fingerprint: {weights_fingerprint(model)} step {step}")
+    if step < config.steps:
+        print(f"stopped at step {step} (stop_at={config.stop_at}); rerun to resume")
+        return {"step": step}
+
+    model.save(write_dir / "model.keras")
+    if config.export_saved_model:
+        model.export(str(write_dir / "saved_model"), verbose=False)
+    t0 = time.time()
+    metric = evaluate_model(model, val_ds, info, config.eval_scale, config.eval_max_images)
+    import numpy as np
+
+    per_class = np.asarray(metric.per_class_iou(), np.float64)
+    miou = float(metric.result())
+    table = metric.summary(title=f"{config.name}: validation IoU at step {step}")
+    print(table)
+    result = {
+        "config": config.name, "step": step, "mean_iou": miou,
+        "pixel_accuracy": float(metric.pixel_accuracy()),
+        "per_class_iou": {n: (None if np.isnan(v) else float(v))
+                          for n, v in zip(info.class_names, per_class)},
+        "eval_seconds": round(time.time() - t0, 2), "eval_scale": config.eval_scale,
+    }
+    with open(write_dir / "metrics.json", "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"final mIoU: {miou:.4f} ({miou * 100:.2f}%)")
+    if not is_chief:
+        shutil.rmtree(write_dir, ignore_errors=True)
+    return result
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    config = config_from_args(args)
+    print("resolved config:\n" + config.to_json())
+    if args.print_config:
+        return 0
+    # Before any TF op: split the CPU into logical devices / pick the strategy.
+    gpus, n_cpu = strategy_lib.configure_devices(config.devices)
+    strategy, desc, is_chief, index = strategy_lib.make_strategy(config.devices, gpus, n_cpu)
+    run_dir = pathlib.Path(config.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if is_chief:
+        (run_dir / "config.json").write_text(config.to_json())
+    train(config, strategy, desc, is_chief, index, on_gpu=bool(gpus))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
