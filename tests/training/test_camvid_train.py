@@ -16,6 +16,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 from tests.conftest import CAMVID_DIR, require_shared
 
