@@ -23,6 +23,7 @@ import keras
 import tensorflow as tf
 
 from keras_gald.layers.norm import batch_norm
+from keras_gald.layers.validation import check_nhwc as _check_nhwc
 from keras_gald.layers.resize import resize_bilinear
 
 
@@ -70,18 +71,6 @@ def adaptive_average_pool2d(inputs, output_size):
     return tf.cast(x, dtype)
 
 
-def _check_nhwc(layer, input_shape):
-    input_shape = tuple(input_shape)
-    if len(input_shape) != 4:
-        raise ValueError(
-            f"{type(layer).__name__} expects a 4D NHWC input (N, H, W, C), "
-            f"got shape {input_shape}"
-        )
-    if input_shape[-1] is None:
-        raise ValueError(
-            f"{type(layer).__name__} needs a known channel dimension, got shape {input_shape}"
-        )
-    return input_shape
 
 
 @keras.saving.register_keras_serializable(package="keras_gald")
