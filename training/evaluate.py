@@ -84,8 +84,13 @@ def predict_logits(model, images, sliding=None, stride=None, scales=(1.0,), flip
 
 
 def evaluate(model, source, normalization="imagenet", sliding=None, stride=None, scales=(1.0,),
-             flip=False, boundary=False, limit=0, images_to_show=0, out=None, verbose=1):
-    """Runs the evaluation; returns the results dict (also written to `out/metrics.json`)."""
+             flip=False, boundary=False, limit=0, images_to_show=0, out=None, verbose=1,
+             boundary_thresholds=None):
+    """Runs the evaluation; returns the results dict (also written to `out/metrics.json`).
+
+    `boundary_thresholds`: boundary F-score tolerances, fractions of the image diagonal or
+    pixel counts when >= 1 (default: `keras_gald.metrics.DEFAULT_BOUNDARY_THRESHOLDS`).
+    """
     import keras
     import numpy as np
 
@@ -96,7 +101,10 @@ def evaluate(model, source, normalization="imagenet", sliding=None, stride=None,
     dataset = data.make_eval_dataset(source, normalization=normalization, include_paths=True)
     num_classes = info.num_classes
     confusion = np.zeros((num_classes, num_classes), np.int64)
-    bfs = metrics.BoundaryFScoreAccumulator(num_classes) if boundary else None
+    bfs = None
+    if boundary:
+        bfs = metrics.BoundaryFScoreAccumulator(
+            num_classes, thresholds=boundary_thresholds or metrics.DEFAULT_BOUNDARY_THRESHOLDS)
     out = pathlib.Path(out) if out else None
     if out:
         out.mkdir(parents=True, exist_ok=True)
