@@ -47,7 +47,8 @@ class TrainConfig:
     stem: str = "deep"
     head_channels: int = 64
     aspp_filters: int = 32
-    dropout: float = 0.1
+    dropout: float = 0.1  # before the classifiers
+    aspp_dropout: float = 0.1  # inside ASPP (the authors' Dropout2d)
     aux_head: bool = True
     aux_loss_weight: float = 0.4
     sync_bn: str = "auto"  # "auto": on when the strategy has > 1 replica; or true / false
@@ -80,6 +81,7 @@ class TrainConfig:
     devices: int = 0  # 0: all visible GPUs (or the CPU); N: N GPUs or N logical CPU devices
     xla: str = "auto"  # "auto" (on for GPU, off for CPU), "true", "false"
     mixed_precision: bool = False
+    dtype: str = "float32"  # variables/compute dtype; "float64" for numerical checks
     export_saved_model: bool = True
     notes: str = ""
 
@@ -162,6 +164,10 @@ def validate(config):
         raise ValueError(f"xla must be auto/true/false, got {config.xla!r}")
     if str(config.sync_bn).lower() not in ("auto",) + _TRUE + _FALSE:
         raise ValueError(f"sync_bn must be auto/true/false, got {config.sync_bn!r}")
+    if config.dtype not in ("float32", "float64"):
+        raise ValueError(f"dtype must be float32 or float64, got {config.dtype!r}")
+    if config.dtype == "float64" and config.mixed_precision:
+        raise ValueError("dtype=float64 and mixed_precision are exclusive")
     if not 0.0 < config.eval_scale <= 4.0:
         raise ValueError(f"eval_scale must be in (0, 4], got {config.eval_scale}")
     return config

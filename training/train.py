@@ -172,7 +172,8 @@ def build_model(config, num_classes, sync_bn):
         num_classes=num_classes, output_stride=config.output_stride,
         aux_head=config.aux_head, multi_grid=tuple(config.multi_grid), stem=config.stem,
         backbone_weights=config.backbone_weights, head_channels=config.head_channels,
-        aspp_filters=config.aspp_filters, dropout=config.dropout, sync_bn=sync_bn,
+        aspp_filters=config.aspp_filters, dropout=config.dropout,
+        aspp_dropout=config.aspp_dropout, sync_bn=sync_bn,
     )
 
 
@@ -237,18 +238,34 @@ def resumable_stream(make_pipeline, start_holder):
     spec = make_pipeline().element_spec
 
     def generate():
-        first = True
-        for element in make_pipeline().skip(start_holder["step"]):
-            if first and start_holder.get("peek"):
-                # Keras' fit under a tf.distribute strategy reads one batch from the
-                # training iterator to build the model (`_maybe_symbolic_build`) and drops
-                # it: feed it a copy of the first batch so no training batch is lost.
-                yield element
-            first = False
-            yield element
+        yield from make_pipeline().skip(start_holder["step"])
 
     ds = tf.data.Dataset.from_generator(generate, output_signature=spec)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def training_checkpoint(model, optimizer):
+    """A `tf.train.Checkpoint` of every model and optimizer variable, keyed by path.
+
+    `tf.train.Checkpoint(model=model)` follows TF's object tracking, which misses Keras 3
+    variables held by sub-layers in plain Python containers (BN statistics inside the
+    heads, here): those were silently left at their initial values on resume. Listing
+    `model.variables` / `optimizer.variables` explicitly saves exactly what Keras owns,
+    and `assert_consumed` on restore fails loudly if the model changed shape.
+    """
+    import tensorflow as tf
+
+    def keyed(variables, what):
+        out = {}
+        for v in variables:
+            key = v.path.replace("/", ".")
+            if key in out:
+                raise ValueError(f"two {what} variables share the path {v.path!r}")
+            out[key] = v
+        return out
+
+    return tf.train.Checkpoint(model_variables=keyed(model.variables, "model"),
+                               optimizer_variables=keyed(optimizer.variables, "optimizer"))
 
 
 def weights_fingerprint(model):
@@ -330,6 +347,7 @@ def train(config, strategy, strategy_desc, is_chief, worker_index, on_gpu):
               "across devices); training runs without jit_compile.")
         xla = False
     sync_bn = replicas > 1 if str(config.sync_bn).lower() == "auto" else _truthy(config.sync_bn)
+    keras.config.set_floatx(config.dtype)
     if config.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16" if on_gpu else "mixed_bfloat16")
     if config.batch_size % replicas:
@@ -347,7 +365,7 @@ def train(config, strategy, strategy_desc, is_chief, worker_index, on_gpu):
             repeat=True,
         )
 
-    start_holder = {"step": 0, "peek": strategy is not tf.distribute.get_strategy()}
+    start_holder = {"step": 0}
     train_ds = resumable_stream(fresh_train_pipeline, start_holder)
     if strategy_lib.is_multi_worker():
         options = tf.data.Options()
@@ -366,14 +384,15 @@ def train(config, strategy, strategy_desc, is_chief, worker_index, on_gpu):
             aux_loss_weight=config.aux_loss_weight, jit_compile=xla,
         )
         optimizer.build(model.trainable_variables)
-        # Build metric / loss state now: Keras' own build under a multi-worker strategy
-        # fails on PerReplica batches (see the report); the batch is only used symbolically.
+        # Build metric / loss state now, from KerasTensors: Keras' own build under a
+        # strategy would consume (and drop) a real batch, and fails under
+        # MultiWorkerMirroredStrategy (see `Segmenter._maybe_symbolic_build`).
         spec = train_ds.element_spec
         model._symbolic_build(data_batch=(
             keras.KerasTensor((1,) + tuple(spec[0].shape[1:]), "float32"),
             keras.KerasTensor((1,) + tuple(spec[1].shape[1:]), "int32"),
         ))
-        ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer)
+        ckpt = training_checkpoint(model, optimizer)
     manager = tf.train.CheckpointManager(ckpt, str(write_dir / "checkpoints"),
                                          max_to_keep=config.keep_checkpoints,
                                          checkpoint_name="ckpt")
@@ -381,7 +400,7 @@ def train(config, strategy, strategy_desc, is_chief, worker_index, on_gpu):
     # Every worker restores the chief's latest checkpoint (shared file system assumed).
     latest = tf.train.latest_checkpoint(str(run_dir / "checkpoints")) if config.resume else None
     if latest:
-        ckpt.restore(latest).assert_existing_objects_matched()
+        ckpt.restore(latest).assert_consumed()
         start_step = int(optimizer.iterations.numpy())
         print(f"resumed from {latest} at step {start_step}")
     else:

@@ -42,7 +42,8 @@ def _conv_bn_relu(x, filters, kernel_size, name, sync_bn):
     return keras.layers.ReLU(name=f"{name}_relu")(x)
 
 
-def _global_aggregation(x, ga, output_stride, head_channels, sync_bn, aspp_filters):
+def _global_aggregation(x, ga, output_stride, head_channels, sync_bn, aspp_filters,
+                        aspp_dropout=0.1):
     """Returns X_g for the chosen GA module (None -> X itself)."""
     if ga is None:
         return x
@@ -50,6 +51,7 @@ def _global_aggregation(x, ga, output_stride, head_channels, sync_bn, aspp_filte
         return ASPP(
             filters=aspp_filters,
             dilation_rates=ASPP_RATES[output_stride],
+            dropout=aspp_dropout,
             sync_bn=sync_bn,
             name="ga_aspp",
         )(x)
@@ -90,6 +92,7 @@ def GALD(
     dropout=0.1,
     sync_bn=False,
     ldv2_kwargs=None,
+    aspp_dropout=0.1,
     name=None,
 ):
     """Builds a GALD segmentation network (or any of the paper's ablations).
@@ -114,6 +117,8 @@ def GALD(
         aspp_filters: ASPP output width.
         dropout: dropout before the classifier.
         sync_bn: synchronized BatchNorm across replicas.
+        aspp_dropout: spatial dropout inside ASPP after its bottleneck (the
+            authors' 0.1; independent of `dropout`).
         ldv2_kwargs: extra `LDv2` arguments (`kernel_size`, `dilation`, `impl`, ...).
         name: model name (default derived from the configuration).
 
@@ -161,17 +166,21 @@ def GALD(
         features = x
         combined = True  # FCN baseline: the head sees X alone
     elif ld is None:
-        features = _global_aggregation(x, ga, output_stride, head_channels, sync_bn, aspp_filters)
+        features = _global_aggregation(x, ga, output_stride, head_channels, sync_bn, aspp_filters,
+                                  aspp_dropout)
     elif ga is None:
         features, combined = _local_distribution(ld, x, x, sync_bn, f"ld_{ld}", ldv2_kwargs)
     elif arrangement == "gald":
-        xg = _global_aggregation(x, ga, output_stride, head_channels, sync_bn, aspp_filters)
+        xg = _global_aggregation(x, ga, output_stride, head_channels, sync_bn, aspp_filters,
+                                  aspp_dropout)
         features, combined = _local_distribution(ld, xg, x, sync_bn, f"ld_{ld}", ldv2_kwargs)
     elif arrangement == "ldga":
         xl, _ = _local_distribution(ld, x, None, sync_bn, f"ld_{ld}", ldv2_kwargs)
-        features = _global_aggregation(xl, ga, output_stride, head_channels, sync_bn, aspp_filters)
+        features = _global_aggregation(xl, ga, output_stride, head_channels, sync_bn, aspp_filters,
+                                  aspp_dropout)
     else:  # parallel
-        xg = _global_aggregation(x, ga, output_stride, head_channels, sync_bn, aspp_filters)
+        xg = _global_aggregation(x, ga, output_stride, head_channels, sync_bn, aspp_filters,
+                                  aspp_dropout)
         xl, _ = _local_distribution(ld, x, None, sync_bn, f"ld_{ld}", ldv2_kwargs)
         features = keras.layers.Concatenate(name="parallel_concat")([xg, xl])
     if not combined:

@@ -11,6 +11,7 @@ computed nor exported.
 """
 
 import keras
+import tensorflow as tf
 
 from keras_gald.losses import SegmentationCrossEntropy
 
@@ -79,16 +80,45 @@ class Segmenter(keras.Model):
 
         Args:
             aux_loss: loss applied to `aux_logits`; `"auto"` is cross-entropy
-                ignoring label 255 (the authors' recipe); `None` disables it.
+                (the authors' recipe, also when the main loss is OHEM) with the
+                main loss's `ignore_index` and `distributed_mean` when the
+                main loss is a keras_gald loss (else ignore label 255,
+                per-replica mean); `None` disables it.
             aux_loss_weight: its weight (0.4 in the paper's recipe).
             *args, **kwargs: forwarded to `keras.Model.compile`; `loss`
                 applies to the main logits.
         """
         super().compile(*args, **kwargs)
         if aux_loss == "auto":
-            aux_loss = SegmentationCrossEntropy()
+            # Same replica-averaging as the main loss: mixing "global" and "replica"
+            # would make a multi-replica step differ from the single-device one.
+            main = kwargs.get("loss", args[1] if len(args) > 1 else None)
+            aux_loss = SegmentationCrossEntropy(
+                ignore_index=getattr(main, "ignore_index", 255),
+                distributed_mean=getattr(main, "distributed_mean", "replica"),
+            )
         self.aux_loss = aux_loss if self.has_aux_head else None
         self.aux_loss_weight = float(aux_loss_weight)
+
+    def _symbolic_build(self, *args, **kwargs):
+        super()._symbolic_build(*args, **kwargs)
+        self._symbolically_built = True
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Under a tf.distribute strategy Keras' `fit` builds the compiled metrics from
+        # one batch it pulls off the training iterator and drops (a lost training
+        # batch), and its MEAN-reduce of that batch fails under
+        # MultiWorkerMirroredStrategy. After an explicit `_symbolic_build` (as
+        # `training.train` does with KerasTensors) nothing is left to build.
+        if getattr(self, "_symbolically_built", False):
+            return
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+    def train_step(self, data):
+        return _rank1_logs_for_multi_worker(super().train_step(data))
+
+    def test_step(self, data):
+        return _rank1_logs_for_multi_worker(super().test_step(data))
 
     @staticmethod
     def _split(y_pred):
@@ -100,7 +130,9 @@ class Segmenter(keras.Model):
         logits, aux_logits = self._split(y_pred)
         loss = super().compute_loss(x, y, logits, sample_weight, training=training)
         if aux_logits is not None and self.aux_loss is not None and self.aux_loss_weight:
-            loss = loss + self.aux_loss_weight * self.aux_loss(y, aux_logits, sample_weight)
+            aux = self.aux_loss(y, aux_logits, sample_weight)
+            # Keras returns the main loss in floatx; the aux loss keeps the logits' dtype.
+            loss = loss + self.aux_loss_weight * keras.ops.cast(aux, loss.dtype)
         return loss
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
@@ -112,3 +144,22 @@ class Segmenter(keras.Model):
         return self._logits_model.export(
             filepath, format=format, verbose=verbose, input_signature=input_signature, **kwargs
         )
+
+
+def _rank1_logs_for_multi_worker(logs):
+    """Scalar step logs as shape `(1,)` under multi-worker `MultiWorkerMirroredStrategy`.
+
+    Keras 3's TF trainer reduces each replica's logs with
+    `strategy.reduce("MEAN", value, axis=0)` in multi-worker mode, which fails on
+    scalars ("Invalid reduction dimension 0 for input with 0 dimensions"); a `(1,)`
+    value reduces over that axis to the same scalar mean.
+    """
+    strategy = tf.distribute.get_strategy()
+    extended = getattr(strategy, "extended", None)
+    multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and getattr(
+        extended, "_in_multi_worker_mode", lambda: False)()
+    if not multi_worker or not isinstance(logs, dict):
+        return logs
+    return {k: (tf.reshape(v, [1]) if getattr(v, "shape", None) is not None
+                and len(v.shape) == 0 else v) for k, v in logs.items()}
+

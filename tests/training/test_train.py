@@ -54,6 +54,24 @@ def load_weights(path):
     return keras.models.load_model(path, compile=False).get_weights()
 
 
+def load_weights_h5(path):
+    """Weights of a `.weights.h5` file, in model order (via a freshly built tiny model)."""
+    import h5py  # noqa: F401  (keras dependency)
+    import keras
+
+    from training import train as train_lib
+
+    keras.config.set_floatx("float64")
+    try:
+        cfg = config_lib.resolve_config("default", {
+            "backbone": "resnet_tiny", "head_channels": "16", "aspp_filters": "8"})
+        model = train_lib.build_model(cfg, 9, sync_bn=False)
+        model.load_weights(path)
+        return model.get_weights()
+    finally:
+        keras.config.set_floatx("float32")
+
+
 def max_rel_diff(a, b):
     return max(
         float(np.max(np.abs(x - y))) / max(float(np.max(np.abs(y))), 1e-6)
@@ -189,7 +207,7 @@ def test_resume_matches_uninterrupted(full_run, tmp_path):
         r.split(",")[full_rows[0].split(",").index("lr")] for r in full_rows[1:]]
 
 
-@pytest.mark.skip(reason="known failure (issue 4 open): resumed weights diverge from an uninterrupted run after the first step")
+
 def test_resume_weights_match_uninterrupted(full_run, tmp_path):
     full_dir, _ = full_run
     run_dir = tmp_path / "resumed_w"
@@ -226,15 +244,22 @@ def test_sigkill_then_resume(tmp_path):
     assert json.loads((run_dir / "metrics.json").read_text())["step"] == 40
 
 
-@pytest.mark.skip(reason="known failure (issue 4 open): weights differ from the single-device step by 0.28 relative")
+
 def test_mirrored_two_logical_cpus_matches_single_device(tmp_path):
     """One SGD step on a global batch of 4: 2 replicas (SyncBN) vs one device.
 
-    Tolerance: max |diff| <= 1e-4 x each variable's max |value| (float32 reductions run
-    in a different order across replicas).
+    Run in float64 with every dropout off, tolerance 1e-6 x each variable's max |value|.
+    Why float64: in float32 this tiny random-init network's gradients are ill-conditioned
+    -- the single-device float32 gradient of `layer3_block0_conv3/kernel` is itself 8.5%
+    away from the float64 one -- so any change of summation order (which splitting the
+    batch over replicas is) moves some weights by a few percent after one step. In float64
+    both runs agree to ~1e-7, which is what shows the algorithm (SyncBN statistics, the
+    global pixel mean of the main and aux losses, summed gradients) is the same.
     """
     common = TINY + ["--steps", "1", "--checkpoint-every", "1", "--set", "eval_max_images=1",
-                     "--set", "export_saved_model=false", "--set", "loss_distributed_mean=global"]
+                     "--set", "export_saved_model=false", "--set", "loss_distributed_mean=global",
+                     "--set", "aspp_dropout=0", "--set", "dtype=float64",
+                     "--set", "synthetic_val_images=1"]
     single = tmp_path / "single"
     mirrored = tmp_path / "mirrored"
     out1 = run_train(common + ["--devices", "1", "--run-dir", str(single)])
@@ -244,9 +269,10 @@ def test_mirrored_two_logical_cpus_matches_single_device(tmp_path):
     assert "MirroredStrategy over 2 logical CPU devices" in out2 and "sync_bn True" in out2
     w1 = load_weights(single / "model.keras")
     w2 = load_weights(mirrored / "model.keras")
+    w0 = load_weights_h5(single / "initial.weights.h5")
+    assert max_rel_diff(w1, w0) > 1e-3  # the step did move the weights
     diff = max_rel_diff(w2, w1)
-    assert diff <= 1e-4, diff
-    assert fingerprint(out1) != "", out1
+    assert diff <= 1e-6, diff
 
 
 def _free_port():
@@ -255,7 +281,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
-@pytest.mark.skip(reason="known failure (issue 4 open): workers crash in Keras' symbolic build on PerReplica batches")
+
 def test_multi_worker_two_processes(tmp_path):
     """Two MultiWorkerMirroredStrategy workers on 127.0.0.1 end with identical weights."""
     ports = [_free_port(), _free_port()]
