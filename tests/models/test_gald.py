@@ -162,3 +162,24 @@ def test_output_strides(output_stride):
     model = GALD(TINY, ga="aspp", ld="v2", num_classes=2, output_stride=output_stride)
     out = model(_images(), training=True)
     assert out["logits"].shape == (1, H, W, 2)
+
+
+def test_auto_aux_loss_follows_the_main_loss():
+    """Mixing replica- and global-averaged losses would make a multi-replica step differ
+    from the single-device one, so `aux_loss="auto"` copies the main loss's settings."""
+    from keras_gald.losses import OHEMCrossEntropy, SegmentationCrossEntropy
+
+    model = GALD("resnet_tiny", num_classes=3, head_channels=8, aspp_filters=8)
+    model.compile(optimizer="sgd", loss=OHEMCrossEntropy(0.7, 100, ignore_index=7,
+                                                         distributed_mean="global"))
+    assert isinstance(model.aux_loss, SegmentationCrossEntropy)
+    assert (model.aux_loss.ignore_index, model.aux_loss.distributed_mean) == (7, "global")
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    assert (model.aux_loss.ignore_index, model.aux_loss.distributed_mean) == (255, "replica")
+
+
+def test_aspp_dropout_is_separate_from_the_head_dropout():
+    model = GALD("resnet_tiny", ga="aspp", ld=None, num_classes=3, head_channels=8,
+                 aspp_filters=8, dropout=0.0, aspp_dropout=0.25)
+    assert model.get_layer("ga_aspp").dropout == 0.25
+    assert model.get_layer("head_dropout").rate == 0.0

@@ -1,6 +1,7 @@
-"""Real-data check: a small GALD trained from scratch on CamVid (../shared) for at most
-about two minutes on 2 CPU cores, at low resolution, must reach a validation mIoU far
-above chance.
+"""Real-data check: a small GALD (resnet_small + ASPP + LDv1, the `camvid` recipe, 300
+steps) trained from scratch on CamVid (../shared) in about 3.5 minutes on 2 CPU cores, at
+low resolution, must reach a validation mIoU far above chance. The same model over 3
+seeds in benchmarks/camvid_ablation.py: 26.56 +- 1.43 % (lowest 25.1 %).
 
 Chance is measured, not assumed: a predictor drawing each pixel's class uniformly at
 random over the 11 classes, scored with the same MeanIoU on the same validation labels
@@ -16,7 +17,6 @@ import sys
 import time
 
 import numpy as np
-import pytest
 
 from tests.conftest import CAMVID_DIR, require_shared
 
@@ -39,7 +39,6 @@ def random_chance_miou(root, max_images):
     return float(metric.result())
 
 
-@pytest.mark.skipif(os.environ.get("KERAS_GALD_LONG_TESTS") != "1", reason="takes ~5-9 min on 2 cores; set KERAS_GALD_LONG_TESTS=1")
 def test_camvid_small_gald_learns(tmp_path):
     root = require_shared(CAMVID_DIR)
     run_dir = tmp_path / "camvid"
@@ -48,8 +47,8 @@ def test_camvid_small_gald_learns(tmp_path):
     t0 = time.time()
     proc = subprocess.run(
         [sys.executable, "-m", "training.train", "--config", "camvid", "--data-dir", str(root),
-         "--run-dir", str(run_dir), "--set", "export_saved_model=false"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=280,
+         "--run-dir", str(run_dir), "--set", "export_saved_model=false", "--set", "ld=v1"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
     )
     elapsed = time.time() - t0
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
