@@ -262,9 +262,11 @@ def test_mirrored_two_logical_cpus_matches_single_device(tmp_path):
                      "--set", "synthetic_val_images=1"]
     single = tmp_path / "single"
     mirrored = tmp_path / "mirrored"
-    out1 = run_train(common + ["--devices", "1", "--run-dir", str(single)])
+    # float64 convolutions are slow on CPU: generous timeouts for a loaded machine.
+    out1 = run_train(common + ["--devices", "1", "--run-dir", str(single)], timeout=400)
     out2 = run_train(common + ["--devices", "2", "--run-dir", str(mirrored),
-                               "--set", f"init_weights={single / 'initial.weights.h5'}"])
+                               "--set", f"init_weights={single / 'initial.weights.h5'}"],
+                     timeout=400)
     assert "single CPU device" in out1
     assert "MirroredStrategy over 2 logical CPU devices" in out2 and "sync_bn True" in out2
     w1 = load_weights(single / "model.keras")

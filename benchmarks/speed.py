@@ -1,0 +1,1150 @@
+"""Speed of keras_gald on this machine, against its own peak and PyTorch (issue #8).
+
+Measures, in one run (medians of `--repeats` timed calls after warm-up calls;
+the first call, which includes tracing / XLA compilation, is reported
+separately as `first_ms`):
+
+1. `peak`: the machine's attainable throughput - a large matmul and a large
+   3x3 conv (256 -> 256 channels) in TF, fp32 and bf16, GFLOP/s; the same in
+   PyTorch (fp32) when available.
+2. `forward`: latency of one image (batch 1, 512x512 by default) for each
+   configuration (`--configs`) and mode (`--modes`): `fp32` (`tf.function`),
+   `fp32_xla` (`tf.function(jit_compile=True)`), `bf16` (Keras policy
+   `mixed_bfloat16`, set before building; logits stay float32). Each row
+   gives the FLOPs of one forward pass, achieved GFLOP/s and its share of the
+   conv peak of the same dtype measured in step 1. Backbone-only rows
+   (`*_backbone`) show how close the convolutions get to that peak.
+3. `ld_overhead`: forward-time ratios (ASPP+LDv1)/ASPP and (ASPP+LDv2)/ASPP.
+4. `train`: one SGD step (momentum 0.9; cross-entropy with ignore label 255,
+   plus 0.4 x the auxiliary head's loss when the model has one, i.e.
+   `Segmenter.compile` defaults) at 128x128, batch 2, via
+   `model.train_on_batch`, for the same modes.
+5. `ldv2_block`: the LDv2 layer alone (default config, 64x64 map, X_g 256 +
+   X_l 256 = 512 input channels, batch 1), forward and forward+backward,
+   `impl="slices"` (fast) vs `impl="patches"` (reference), graph and XLA;
+   ratio reference/fast.
+6. `memory`: peak memory of one forward and one forward+backward of the ASPP
+   module vs the LDv2 block on the 1/8 feature map of a 1024x2048 image
+   (ASPP: X (1, 128, 256, 2048) -> 256 ch; LDv2: [X_g (.., 256), X (.., 2048)]).
+   Each measurement runs in its own subprocess with TF's CPU BFC allocator
+   (`TF_CPU_ALLOCATOR_USE_BFC=true`), so `tf.config.experimental.
+   get_memory_info("CPU:0")` reports the allocator's peak; `extra_mib` is that
+   peak minus what was allocated before the call (inputs and weights). The
+   growth of the process's `ru_maxrss` over the call is reported as a
+   cross-check (it also sees memory allocated outside TF's allocator).
+   `ldv2_patches` materialises k^2 = 25 copies of the key/value maps (GBs at
+   this size), so it only runs when listed in `--memory-blocks`.
+7. PyTorch (`benchmarks/torch_reference.py`, skipped with a note when `import
+   torch` fails): the same networks, eager, `torch.channels_last`, fp32,
+   `torch.inference_mode()`; with `--torch-compile` also `torch.compile`d;
+   and the same training step. Torch uses as many threads as TF
+   (`--threads`). Rows give Keras/PyTorch time ratios (>1: Keras slower).
+   Parameter counts of both are compared for every configuration.
+
+FLOPs: counted on the traced fp32 inference graph (`tf.function` concrete
+function with static shapes) by walking its ops: Conv2D, DepthwiseConv2dNative,
+MatMul, BatchMatMul and Einsum, 2 FLOPs per multiply-add (`gflop`). Element-wise
+ops (BN, ReLU, resize, softmax, LDv2's weighted sum) are not in that count; the
+TF profiler's total float-op count of the same graph, which adds the
+element-wise ops it knows, is stored as `tf_profiler_gflop` in the JSON.
+PyTorch's own count (`torch.utils.flop_counter.FlopCounterMode`: convs and
+matmuls) is stored as `torch_gflop` to check the two networks do the same work.
+
+Usage (from the repository root; `pip install -e .[bench]` for PyTorch):
+    python benchmarks/speed.py --quick                  # smoke test, ~minutes
+    python benchmarks/speed.py                          # default set
+    python benchmarks/speed.py --configs r50_aspp,r50_aspp_ldv2 --modes fp32,fp32_xla
+    python benchmarks/speed.py --sections peak,ldv2_block,memory --repeats 10
+    python benchmarks/speed.py --large --torch-compile --json runs/speed_full.json
+
+Configurations (`--configs`, comma-separated; also `default`, `quick`, `all`):
+`{tiny,r50,r101}_{backbone,fcn,aspp,aspp_ldv1,aspp_ldv2,cgnl_ldv1}` (GALD
+factory, output stride 8, multi-grid (1, 2, 4), 19 classes; tiny =
+`resnet_tiny` for smoke tests) and `official_v1_r{50,101}`
+(`official_gald_v1`, logits upsampled to the input size). `--large` adds
+R101 ASPP+LDv2 at 1024x2048 to the forward section.
+"""
+
+import argparse
+import gc
+import json
+import math
+import os
+import pathlib
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+BENCH_DIR = pathlib.Path(__file__).resolve().parent
+# Runnable from a checkout without `pip install -e .`; torch_reference sits here.
+sys.path.insert(0, str(BENCH_DIR.parent))
+sys.path.insert(0, str(BENCH_DIR))
+
+import numpy as np  # noqa: E402
+
+NUM_CLASSES = 19
+IGNORE_INDEX = 255
+MODES = ("fp32", "fp32_xla", "bf16")
+SECTIONS = ("peak", "forward", "train", "ldv2_block", "memory")
+MEMORY_BLOCKS = ("aspp", "ldv2_slices", "ldv2_patches")
+DENSE_OPS = ("Conv2D", "DepthwiseConv2dNative", "MatMul", "BatchMatMul", "BatchMatMulV2",
+             "BatchMatMulV3", "Einsum")
+CALL_OPS = ("PartitionedCall", "StatefulPartitionedCall", "While", "StatelessWhile", "If",
+            "StatelessIf")
+
+
+def _gald(backbone, ga, ld):
+    return dict(kind="gald", backbone=backbone, ga=ga, ld=ld)
+
+
+def _config_table():
+    table = {}
+    for short, backbone in (("tiny", "resnet_tiny"), ("r50", "resnet50"), ("r101", "resnet101")):
+        table[f"{short}_backbone"] = dict(kind="backbone", backbone=backbone)
+        table[f"{short}_fcn"] = _gald(backbone, None, None)
+        table[f"{short}_aspp"] = _gald(backbone, "aspp", None)
+        table[f"{short}_aspp_ldv1"] = _gald(backbone, "aspp", "v1")
+        table[f"{short}_aspp_ldv2"] = _gald(backbone, "aspp", "v2")
+        table[f"{short}_cgnl_ldv1"] = _gald(backbone, "cgnl", "v1")
+    table["official_v1_r50"] = dict(kind="official_v1", depth=50)
+    table["official_v1_r101"] = dict(kind="official_v1", depth=101)
+    return table
+
+
+CONFIGS = _config_table()
+_VARIANTS = ("backbone", "fcn", "aspp", "aspp_ldv1", "aspp_ldv2", "cgnl_ldv1")
+CONFIG_SETS = {
+    "default": [f"r50_{v}" for v in _VARIANTS] + [f"r101_{v}" for v in _VARIANTS]
+    + ["official_v1_r101"],
+    "quick": [f"tiny_{v}" for v in _VARIANTS] + ["official_v1_r50"],
+    "all": list(CONFIGS),
+}
+LARGE_CONFIG, LARGE_SIZE = "r101_aspp_ldv2", (1024, 2048)
+
+# (full, --quick) defaults of the size / repeat settings.
+SETTINGS = {
+    "size": (512, 128),
+    "train_size": (128, 64),
+    "train_batch": (2, 2),
+    "ldv2_size": (64, 32),
+    "memory_hw": ("128,256", "16,32"),
+    "peak_matmul": (2048, 512),
+    "peak_conv": (128, 64),
+    "repeats": (5, 2),
+    "warmup": (2, 1),
+}
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def log(message):
+    print(message, flush=True)
+
+
+def time_calls(fn, warmup, repeats):
+    """Runs `fn` (which must block until its result is ready) `warmup` then
+    `repeats` times; returns median / min / all timed ms and the first call's ms."""
+    first_ms = None
+    for i in range(max(warmup, 1)):
+        start = time.perf_counter()
+        fn()
+        if i == 0:
+            first_ms = (time.perf_counter() - start) * 1e3
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return {
+        "ms": statistics.median(times),
+        "ms_min": min(times),
+        "ms_all": [round(t, 3) for t in times],
+        "first_ms": round(first_ms, 3),
+    }
+
+
+def _sync_tf(result):
+    # Pull every output to the host so that asynchronous execution has finished.
+    import tensorflow as tf
+
+    for t in tf.nest.flatten(result):
+        if hasattr(t, "numpy"):
+            t.numpy()
+
+
+def _read_proc(path):
+    try:
+        return pathlib.Path(path).read_text()
+    except OSError:
+        return ""
+
+
+def machine_info(threads, torch_mod):
+    import keras
+    import tensorflow as tf
+
+    cpuinfo = _read_proc("/proc/cpuinfo")
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines()
+                  if line.startswith("model name")), platform.processor())
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines()
+                  if line.startswith("flags")), [])
+    interesting = [f for f in flags if f.startswith(("avx", "amx", "fma")) or "bf16" in f
+                   or "vnni" in f]
+    meminfo = _read_proc("/proc/meminfo").split()
+    mem_total = None
+    if "MemTotal:" in meminfo:
+        mem_total = round(int(meminfo[meminfo.index("MemTotal:") + 1]) / 2**20, 1)
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+
+        onednn = bool(_pywrap_util_port.IsMklEnabled())
+    except Exception:  # noqa: BLE001 - private API, informational only
+        onednn = None
+    info = {
+        "cpu_model": model,
+        "cpu_flags": interesting,
+        "logical_cpus": os.cpu_count(),
+        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "mem_total_gib": mem_total,
+        "loadavg_start": list(os.getloadavg()),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "numpy": np.__version__,
+        "tf_onednn_enabled": onednn,
+        "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
+        "tf_intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+        "tf_inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
+        "tf_devices": [d.name for d in tf.config.list_logical_devices()],
+        "threads": threads,
+    }
+    if torch_mod is not None:
+        info["torch"] = torch_mod.__version__
+        info["torch_threads"] = torch_mod.get_num_threads()
+        info["torch_mkldnn"] = torch_mod.backends.mkldnn.is_available()
+    return info
+
+
+def import_torch():
+    """`(torch, torch_reference)` or `(None, reason)`."""
+    try:
+        import torch
+
+        import torch_reference
+    except Exception as exc:  # noqa: BLE001 - any import failure means "skip torch"
+        return None, f"{type(exc).__name__}: {exc}"
+    return torch, torch_reference
+
+
+# ------------------------------------------------------------ Keras models
+
+
+def set_policy(mode):
+    import keras
+
+    keras.mixed_precision.set_global_policy("mixed_bfloat16" if mode == "bf16" else "float32")
+
+
+def fresh_session():
+    import keras
+
+    keras.backend.clear_session()
+    gc.collect()
+
+
+def min_input_size(cfg):
+    if cfg["kind"] == "official_v1":
+        from keras_gald.models.official import min_input_size as official_min
+
+        return official_min()
+    return 16
+
+
+def build_keras(cfg, height, width):
+    """Builds the Keras network of `cfg` for static `(height, width)` inputs
+    under the current dtype policy."""
+    from keras_gald.backbones import build_resnet
+    from keras_gald.models import GALD, official_gald_v1
+
+    shape = (height, width, 3)
+    if cfg["kind"] == "backbone":
+        return build_resnet(cfg["backbone"], output_stride=8, multi_grid=(1, 2, 4),
+                            stem="deep", input_shape=shape)
+    if cfg["kind"] == "gald":
+        return GALD(cfg["backbone"], ga=cfg["ga"], ld=cfg["ld"], num_classes=NUM_CLASSES,
+                    output_stride=8, input_shape=shape)
+    return official_gald_v1(cfg["depth"], num_classes=NUM_CLASSES, input_shape=shape,
+                            upsample_logits=True)
+
+
+def build_torch(torch_ref, cfg):
+    if cfg["kind"] == "backbone":
+        return torch_ref.build_torch_model("backbone", backbone=cfg["backbone"])
+    if cfg["kind"] == "gald":
+        return torch_ref.build_torch_model("gald", backbone=cfg["backbone"], ga=cfg["ga"],
+                                           ld=cfg["ld"], num_classes=NUM_CLASSES)
+    return torch_ref.build_torch_model("official_v1", depth=cfg["depth"],
+                                       num_classes=NUM_CLASSES, upsample_logits=True)
+
+
+# ------------------------------------------------------------ FLOP counting
+
+
+def _static(shape):
+    dims = shape.as_list() if hasattr(shape, "as_list") else list(shape)
+    return None if dims is None or any(d is None for d in dims) else dims
+
+
+def _einsum_flops(op):
+    """2 x the product of every index's size (one multiply-add per index tuple)."""
+    equation = op.get_attr("equation").decode()
+    lhs = equation.split("->")[0].split(",")
+    sizes = {}
+    for spec, tensor in zip(lhs, op.inputs):
+        dims = _static(tensor.shape)
+        if dims is None or "." in spec:
+            return None
+        sizes.update(zip(spec, dims))
+    return 2 * math.prod(sizes.values())
+
+
+def dense_op_flops(op):
+    """FLOPs (2 per multiply-add) of one dense op with static shapes, else None."""
+    out = _static(op.outputs[0].shape)
+    if op.type == "Einsum":
+        return _einsum_flops(op)
+    if out is None:
+        return None
+    out_elements = math.prod(out)
+    if op.type == "Conv2D":
+        kh, kw, cin, _ = _static(op.inputs[1].shape)
+        return 2 * out_elements * kh * kw * cin
+    if op.type == "DepthwiseConv2dNative":
+        kh, kw, _, _ = _static(op.inputs[1].shape)
+        return 2 * out_elements * kh * kw
+    a = _static(op.inputs[0].shape)
+    if a is None:
+        return None
+    if op.type == "MatMul":
+        depth = a[0] if op.get_attr("transpose_a") else a[1]
+    else:  # BatchMatMul*
+        depth = a[-2] if op.get_attr("adj_x") else a[-1]
+    return 2 * out_elements * depth
+
+
+def count_flops(concrete_fn):
+    """Dense-op FLOPs of a concrete function's graph, by op type, plus the TF profiler total.
+
+    Returns a dict: `gflop`, `by_op` (GFLOP per op type), `uncounted` (dense
+    ops with unknown shapes and function-call ops whose bodies were not
+    walked; empty for the keras_gald networks), `tf_profiler_gflop`.
+    """
+    import tensorflow as tf
+
+    graph = concrete_fn.graph
+    total, by_op, uncounted = 0, {}, []
+    for op in graph.get_operations():
+        if op.type in CALL_OPS:
+            uncounted.append(f"{op.type}:{op.name}")
+        if op.type not in DENSE_OPS:
+            continue
+        flops = dense_op_flops(op)
+        if flops is None:
+            uncounted.append(f"{op.type}:{op.name}")
+            continue
+        total += flops
+        by_op[op.type] = by_op.get(op.type, 0) + flops
+    profiler_gflop = None
+    try:
+        options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
+        options["output"] = "none"
+        profile = tf.compat.v1.profiler.profile(graph=graph, options=options)
+        profiler_gflop = profile.total_float_ops / 1e9
+    except Exception as exc:  # noqa: BLE001 - optional cross-check
+        log(f"    (TF profiler failed: {type(exc).__name__}: {exc})")
+    return {
+        "gflop": total / 1e9,
+        "by_op": {k: round(v / 1e9, 4) for k, v in sorted(by_op.items())},
+        "uncounted": uncounted,
+        "tf_profiler_gflop": profiler_gflop,
+    }
+
+
+def torch_flops(torch, model, images):
+    try:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+            model(images)
+        return counter.get_total_flops() / 1e9
+    except Exception as exc:  # noqa: BLE001 - informational only
+        log(f"    (torch FLOP counter failed: {type(exc).__name__}: {exc})")
+        return None
+
+
+# --------------------------------------------------------------- 1. peak
+
+
+def measure_peak(args, torch, results):
+    import tensorflow as tf
+
+    rows = []
+    n, s = args.peak_matmul, args.peak_conv
+    matmul_flops = 2 * n**3
+    conv_flops = 2 * s * s * 9 * 256 * 256
+    rng = np.random.default_rng(0)
+    for dtype_name, dtype in (("fp32", tf.float32), ("bf16", tf.bfloat16)):
+        cases = {
+            "matmul": (
+                tf.function(lambda a, b: tf.matmul(a, b)),
+                (rng.standard_normal((n, n)), rng.standard_normal((n, n))),
+                matmul_flops,
+                f"{n}x{n}x{n}",
+            ),
+            "conv3x3": (
+                tf.function(lambda x, k: tf.nn.conv2d(x, k, 1, "SAME")),
+                (rng.standard_normal((1, s, s, 256)), rng.standard_normal((3, 3, 256, 256)) * 0.02),
+                conv_flops,
+                f"1x{s}x{s}x256 -> 256",
+            ),
+        }
+        for op_name, (fn, arrays, flops, shape) in cases.items():
+            inputs = [tf.constant(a, dtype) for a in arrays]
+            try:
+                timing = time_calls(lambda: _sync_tf(fn(*inputs)), args.warmup, args.repeats)
+            except Exception as exc:  # noqa: BLE001 - e.g. no bf16 kernel on this CPU
+                log(f"[peak] tf {op_name} {dtype_name}: not supported ({type(exc).__name__})")
+                rows.append(dict(framework="tf", op=op_name, dtype=dtype_name, shape=shape,
+                                 error=str(exc)[:200]))
+                continue
+            row = dict(framework="tf", op=op_name, dtype=dtype_name, shape=shape,
+                       gflop=flops / 1e9, gflop_s=flops / 1e9 / (timing["ms"] / 1e3), **timing)
+            rows.append(row)
+            log(f"[peak] tf {op_name:7s} {dtype_name}: {row['ms']:.1f} ms, "
+                f"{row['gflop_s']:.1f} GFLOP/s")
+    if torch is not None:
+        import torch.nn.functional as F
+
+        gen = torch.Generator().manual_seed(0)
+        a, b = torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen)
+        x = torch.randn(1, 256, s, s, generator=gen).contiguous(memory_format=torch.channels_last)
+        k = (torch.randn(256, 256, 3, 3, generator=gen) * 0.02).contiguous(
+            memory_format=torch.channels_last)
+        for op_name, fn, flops, shape in (
+            ("matmul", lambda: torch.mm(a, b), matmul_flops, f"{n}x{n}x{n}"),
+            ("conv3x3", lambda: F.conv2d(x, k, padding=1), conv_flops, f"1x{s}x{s}x256 -> 256"),
+        ):
+            with torch.inference_mode():
+                timing = time_calls(fn, args.warmup, args.repeats)
+            row = dict(framework="torch", op=op_name, dtype="fp32", shape=shape,
+                       gflop=flops / 1e9, gflop_s=flops / 1e9 / (timing["ms"] / 1e3), **timing)
+            rows.append(row)
+            log(f"[peak] torch {op_name:7s} fp32: {row['ms']:.1f} ms, "
+                f"{row['gflop_s']:.1f} GFLOP/s")
+    results["peak"] = rows
+
+
+def conv_peak(results, dtype):
+    """TF's conv GFLOP/s for `dtype` ("fp32" / "bf16") from the peak section, or None."""
+    for row in results.get("peak", []):
+        if row["framework"] == "tf" and row["op"] == "conv3x3" and row["dtype"] == dtype:
+            return row.get("gflop_s")
+    return None
+
+
+# ------------------------------------------------------------ 2. forward
+
+
+def _forward_jobs(args):
+    jobs = [(name, CONFIGS[name], (args.size, args.size)) for name in args.configs]
+    if args.large:
+        jobs.append((LARGE_CONFIG, CONFIGS[LARGE_CONFIG], LARGE_SIZE))
+    return jobs
+
+
+def _record_params(results, name, keras_model, torch_model, torch_ref):
+    """Records the Keras (and torch) parameter counts of config `name` once."""
+    params = results.setdefault("params", {})
+    if name in params:
+        return
+    if torch_model is not None:
+        entry = torch_ref.compare_param_counts(keras_model, torch_model)
+    else:
+        entry = {"keras": keras_param_counts(keras_model), "torch": None, "match": None}
+    params[name] = entry
+    message = f"[params] {name}: keras {entry['keras']['total']:,}"
+    if entry["torch"]:
+        verdict = "match" if entry["match"] else "MISMATCH"
+        message += f", torch {entry['torch']['total']:,} ({verdict})"
+    log(message)
+
+
+def keras_param_counts(model):
+    """Same as torch_reference.keras_param_counts, for runs without torch."""
+    count = lambda weights: int(sum(math.prod(w.shape) for w in weights))  # noqa: E731
+    total = count(model.trainable_weights)
+    inference = getattr(model, "inference_model", None)
+    main = count(inference().trainable_weights) if inference else total
+    return {"total": total, "aux": total - main, "main": main}
+
+
+def _inference_fn(model, jit=False):
+    """`tf.function` running the model's inference graph (XLA-compiled with `jit`)."""
+    import tensorflow as tf
+
+    return tf.function(lambda x: model(x, training=False), jit_compile=jit)
+
+
+def measure_forward(args, torch, torch_ref, results):
+    import tensorflow as tf
+
+    rows = results.setdefault("forward", [])
+    for name, cfg, (height, width) in _forward_jobs(args):
+        images = tf.random.uniform((1, height, width, 3), seed=0)
+        config_rows, flops = [], None
+        for mode in args.modes:
+            log(f"[forward] {name} {mode} {height}x{width} ...")
+            row = dict(config=name, mode=mode, input=f"1x{height}x{width}")
+            set_policy(mode)
+            model = None
+            try:
+                model = build_keras(cfg, height, width)
+                fn = _inference_fn(model, jit=mode == "fp32_xla")
+                row.update(time_calls(lambda: _sync_tf(fn(images)), args.warmup, args.repeats))
+                if flops is None and mode != "bf16":
+                    # The fp32 graph (XLA compiles the same graph): trace it without XLA.
+                    flops = count_flops(_inference_fn(model).get_concrete_function(images))
+            except Exception as exc:  # noqa: BLE001 - keep the run going, report it
+                row["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+                log(f"    FAILED: {row['error']}")
+            finally:
+                set_policy("fp32")
+            config_rows.append(row)
+            if "ms" in row:
+                log(f"    {row['ms']:.1f} ms (first call {row['first_ms']:.0f} ms)")
+            if model is not None and name not in results.get("params", {}):
+                # One Keras build per config is enough for the parameter check: reuse this one.
+                torch_model = build_torch(torch_ref, cfg) if torch_ref is not None else None
+                _record_params(results, name, model, torch_model, torch_ref)
+                del torch_model
+            del model
+            fresh_session()
+        if flops is None:  # only bf16 was timed: count on a separate fp32 build
+            try:
+                model = build_keras(cfg, height, width)
+                flops = count_flops(_inference_fn(model).get_concrete_function(images))
+            except Exception as exc:  # noqa: BLE001
+                log(f"    FLOP count failed: {type(exc).__name__}: {exc}")
+            model = None
+            fresh_session()
+        for row in config_rows:
+            _add_flops(row, flops, results)
+            if "gflop_s" in row:
+                log(f"    {name} {row['mode']}: {row['gflop']:.2f} GFLOP, "
+                    f"{row['gflop_s']:.1f} GFLOP/s, "
+                    f"{_fmt(row.get('pct_conv_peak'), '.0f')}% of conv peak")
+        rows.extend(config_rows)
+        if torch is not None:
+            _torch_forward(args, torch, torch_ref, name, cfg, height, width, rows, results, flops)
+        save_json(args, results)
+
+
+def _add_flops(row, flops, results):
+    if not flops:
+        return
+    row["gflop"] = flops["gflop"]
+    row["gflop_by_op"] = flops["by_op"]
+    row["tf_profiler_gflop"] = flops["tf_profiler_gflop"]
+    if flops["uncounted"]:
+        row["flops_uncounted_ops"] = flops["uncounted"][:20]
+    if "ms" in row:
+        row["gflop_s"] = flops["gflop"] / (row["ms"] / 1e3)
+        peak = conv_peak(results, "bf16" if row["mode"] == "bf16" else "fp32")
+        if peak:
+            row["pct_conv_peak"] = 100.0 * row["gflop_s"] / peak
+
+
+def _torch_forward(args, torch, torch_ref, name, cfg, height, width, rows, results, flops):
+    torch.manual_seed(0)
+    model = build_torch(torch_ref, cfg).eval().to(memory_format=torch.channels_last)
+    images = torch.rand(1, 3, height, width).contiguous(memory_format=torch.channels_last)
+    t_flops = torch_flops(torch, model, images)
+    variants = [("torch_eager", model)]
+    if args.torch_compile:
+        variants.append(("torch_compile", torch.compile(model)))
+    for mode, net in variants:
+        log(f"[forward] {name} {mode} {height}x{width} ...")
+        row = dict(config=name, mode=mode, input=f"1x{height}x{width}", torch_gflop=t_flops)
+
+        def call(net=net):
+            with torch.inference_mode():
+                net(images)
+
+        try:
+            row.update(time_calls(call, args.warmup, args.repeats))
+        except Exception as exc:  # noqa: BLE001
+            row["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+            log(f"    FAILED: {row['error']}")
+        if flops and "ms" in row:
+            # The Keras graph's dense FLOPs: the same network, so the same work.
+            row["gflop"] = flops["gflop"]
+            row["gflop_s"] = flops["gflop"] / (row["ms"] / 1e3)
+            peak = conv_peak(results, "fp32")
+            if peak:
+                row["pct_conv_peak"] = 100.0 * row["gflop_s"] / peak
+        rows.append(row)
+        if "ms" in row:
+            log(f"    {row['ms']:.1f} ms (first call {row['first_ms']:.0f} ms), "
+                f"torch-counted {_fmt(t_flops, '.2f')} GFLOP")
+    # Keras/torch ratios for this config's Keras rows.
+    reference = next((r for r in rows if r["config"] == name and r["mode"] == "torch_eager"
+                      and r["input"] == f"1x{height}x{width}" and "ms" in r), None)
+    for row in rows:
+        if (reference and row["config"] == name and row["input"] == reference["input"]
+                and row["mode"] in MODES and "ms" in row):
+            row["torch_eager_ms"] = reference["ms"]
+            row["keras_over_torch"] = row["ms"] / reference["ms"]
+    del model, variants
+    gc.collect()
+
+
+def ld_overhead(results):
+    """(ASPP+LDv1)/ASPP and (ASPP+LDv2)/ASPP forward-time ratios per backbone, mode, input."""
+    times = {(r["config"], r["mode"], r["input"]): r["ms"] for r in results.get("forward", [])
+             if "ms" in r}
+    rows = []
+    for (config, mode, size), ms in sorted(times.items()):
+        if not config.endswith("_aspp"):
+            continue
+        entry = dict(backbone=config[: -len("_aspp")], mode=mode, input=size, aspp_ms=ms)
+        for ld in ("ldv1", "ldv2"):
+            other = times.get((f"{config}_{ld}", mode, size))
+            if other is not None:
+                entry[f"aspp_{ld}_ms"] = other
+                entry[f"{ld}_over_aspp"] = other / ms
+        if len(entry) > 4:
+            rows.append(entry)
+    results["ld_overhead"] = rows
+
+
+# --------------------------------------------------------------- 4. train
+
+
+def _labels(rng, batch, height, width):
+    labels = rng.integers(0, NUM_CLASSES, size=(batch, height, width)).astype(np.int32)
+    labels[rng.random(labels.shape) < 0.05] = IGNORE_INDEX  # some ignored pixels
+    return labels
+
+
+def measure_train(args, torch, torch_ref, results):
+    import keras
+    import tensorflow as tf
+
+    from keras_gald.losses import SegmentationCrossEntropy
+
+    rows = results.setdefault("train", [])
+    rng = np.random.default_rng(0)
+    names = [n for n in args.configs if CONFIGS[n]["kind"] != "backbone"]
+    for name in names:
+        cfg = CONFIGS[name]
+        size = args.train_size
+        if size < min_input_size(cfg):
+            size = 32 * math.ceil(min_input_size(cfg) / 32)  # the official LDv1 needs >= 111
+        batch = args.train_batch
+        images_np = rng.random((batch, size, size, 3), dtype=np.float32)
+        labels_np = _labels(rng, batch, size, size)
+        images, labels = tf.constant(images_np), tf.constant(labels_np)
+        for mode in args.modes:
+            log(f"[train] {name} {mode} {batch}x{size}x{size} ...")
+            row = dict(config=name, mode=mode, input=f"{batch}x{size}x{size}")
+            set_policy(mode)
+            try:
+                model = build_keras(cfg, size, size)
+                model.compile(
+                    optimizer=keras.optimizers.SGD(learning_rate=1e-3, momentum=0.9),
+                    loss=SegmentationCrossEntropy(ignore_index=IGNORE_INDEX),
+                    jit_compile=mode == "fp32_xla",
+                )
+                row["jit_compile"] = bool(model.jit_compile)
+                row["aux_loss"] = getattr(model, "aux_loss", None) is not None
+                row.update(time_calls(lambda: model.train_on_batch(images, labels),
+                                      args.warmup, args.repeats))
+            except Exception as exc:  # noqa: BLE001
+                row["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+                log(f"    FAILED: {row['error']}")
+            finally:
+                set_policy("fp32")
+                model = None
+                fresh_session()
+            rows.append(row)
+            if "ms" in row:
+                log(f"    {row['ms']:.1f} ms/step (first call {row['first_ms']:.0f} ms)")
+        if torch is not None:
+            _torch_train(args, torch, torch_ref, name, cfg, images_np, labels_np, rows)
+        save_json(args, results)
+
+
+def _torch_train(args, torch, torch_ref, name, cfg, images_np, labels_np, rows):
+    torch.manual_seed(0)
+    model = build_torch(torch_ref, cfg).train().to(memory_format=torch.channels_last)
+    images = torch.from_numpy(images_np).permute(0, 3, 1, 2).contiguous(
+        memory_format=torch.channels_last)
+    labels = torch.from_numpy(labels_np).long()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    variants = [("torch_eager", model)]
+    if args.torch_compile:
+        variants.append(("torch_compile", torch.compile(model)))
+    batch, size = images_np.shape[0], images_np.shape[1]
+    for mode, net in variants:
+        log(f"[train] {name} {mode} {batch}x{size}x{size} ...")
+        row = dict(config=name, mode=mode, input=f"{batch}x{size}x{size}")
+
+        def step(net=net):
+            optimizer.zero_grad(set_to_none=True)
+            loss = torch_ref.segmentation_loss(net(images), labels, IGNORE_INDEX, 0.4)
+            loss.backward()
+            optimizer.step()
+            return loss.item()
+
+        try:
+            row.update(time_calls(step, args.warmup, args.repeats))
+        except Exception as exc:  # noqa: BLE001
+            row["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+            log(f"    FAILED: {row['error']}")
+        rows.append(row)
+        if "ms" in row:
+            log(f"    {row['ms']:.1f} ms/step (first call {row['first_ms']:.0f} ms)")
+    reference = next((r for r in rows if r["config"] == name and r["mode"] == "torch_eager"
+                      and "ms" in r), None)
+    for row in rows:
+        if reference and row["config"] == name and row["mode"] in MODES and "ms" in row:
+            row["torch_eager_ms"] = reference["ms"]
+            row["keras_over_torch"] = row["ms"] / reference["ms"]
+    del model, optimizer, variants
+    gc.collect()
+
+
+# ---------------------------------------------------------- 5. LDv2 block
+
+
+def measure_ldv2_block(args, torch, torch_ref, results):
+    import tensorflow as tf
+
+    from keras_gald.layers.ldv2 import LDv2
+
+    rows = []
+    s = args.ldv2_size
+    rng = np.random.default_rng(0)
+    xg = tf.constant(rng.standard_normal((1, s, s, 256)), tf.float32)
+    xl = tf.constant(rng.standard_normal((1, s, s, 256)), tf.float32)
+    layers = {impl: LDv2(impl=impl, name=f"ldv2_{impl}") for impl in ("slices", "patches")}
+    for layer in layers.values():
+        layer.build([xg.shape, xl.shape])
+    layers["patches"].set_weights(layers["slices"].get_weights())
+
+    def make(layer, backward):
+        def forward(a, b):
+            return layer([a, b], training=False)
+
+        def forward_backward(a, b):
+            with tf.GradientTape() as tape:
+                tape.watch([a, b])
+                loss = tf.reduce_sum(tf.square(layer([a, b], training=True)))
+            return tape.gradient(loss, [a, b] + layer.trainable_weights)
+
+        return forward_backward if backward else forward
+
+    for pass_name in ("fwd", "fwd+bwd"):
+        for jit in (False, True):
+            mode = "fp32_xla" if jit else "fp32"
+            times = {}
+            for impl, layer in layers.items():
+                fn = tf.function(make(layer, pass_name == "fwd+bwd"), jit_compile=jit)
+                log(f"[ldv2_block] {impl} {pass_name} {mode} 1x{s}x{s}x512 ...")
+                try:
+                    timing = time_calls(lambda: _sync_tf(fn(xg, xl)), args.warmup, args.repeats)
+                except Exception as exc:  # noqa: BLE001
+                    log(f"    FAILED: {type(exc).__name__}: {str(exc)[:200]}")
+                    rows.append(dict(impl=impl, pass_=pass_name, mode=mode,
+                                     error=str(exc)[:300]))
+                    continue
+                times[impl] = timing["ms"]
+                rows.append(dict(impl=impl, pass_=pass_name, mode=mode,
+                                 input=f"1x{s}x{s}x(256+256)", **timing))
+                log(f"    {timing['ms']:.1f} ms")
+            if len(times) == 2:
+                rows.append(dict(impl="patches/slices", pass_=pass_name, mode=mode,
+                                 ratio=times["patches"] / times["slices"]))
+    if torch is not None:
+        torch.manual_seed(0)
+        block = torch_ref.LDv2(256, 256).to(memory_format=torch.channels_last)
+        a = torch.randn(1, 256, s, s).contiguous(memory_format=torch.channels_last)
+        b = torch.randn(1, 256, s, s).contiguous(memory_format=torch.channels_last)
+
+        def torch_fwd():
+            with torch.inference_mode():
+                block.eval()(a, b)
+
+        def torch_fwd_bwd():
+            a_ = a.detach().requires_grad_()
+            b_ = b.detach().requires_grad_()
+            block.train()(a_, b_).square().sum().backward()
+
+        for pass_name, fn in (("fwd", torch_fwd), ("fwd+bwd", torch_fwd_bwd)):
+            log(f"[ldv2_block] torch (slices) {pass_name} 1x{s}x{s}x512 ...")
+            timing = time_calls(fn, args.warmup, args.repeats)
+            rows.append(dict(impl="torch_slices", pass_=pass_name, mode="torch_eager",
+                             input=f"1x{s}x{s}x(256+256)", **timing))
+            log(f"    {timing['ms']:.1f} ms")
+    results["ldv2_block"] = rows
+    save_json(args, results)
+
+
+# --------------------------------------------------------------- 6. memory
+
+
+def memory_child(spec):
+    """Runs in a subprocess (BFC allocator on): one block, one pass; prints a JSON line."""
+    import tensorflow as tf
+
+    if spec["threads"]:
+        tf.config.threading.set_intra_op_parallelism_threads(spec["threads"])
+    from keras_gald.layers.aspp import ASPP
+    from keras_gald.layers.ldv2 import LDv2
+
+    n, h, w, c = spec["shape"]
+    x = tf.random.normal((n, h, w, c), seed=0)
+    if spec["block"] == "aspp":
+        layer = ASPP(filters=256, dilation_rates=(12, 24, 36), name="aspp")
+        inputs = [x]
+        layer.build(x.shape)
+        call = lambda xs, training: layer(xs[0], training=training)  # noqa: E731
+    else:
+        layer = LDv2(impl=spec["block"].split("_")[1], name="ldv2")
+        xg = tf.random.normal((n, h, w, 256), seed=1)  # X_g: the ASPP output
+        inputs = [xg, x]
+        layer.build([xg.shape, x.shape])
+        call = lambda xs, training: layer(list(xs), training=training)  # noqa: E731
+
+    if spec["pass"] == "fwd":
+        @tf.function
+        def run(*xs):
+            return tf.reduce_sum(call(xs, False))
+    else:
+        @tf.function
+        def run(*xs):
+            with tf.GradientTape() as tape:
+                tape.watch(list(xs))
+                loss = tf.reduce_sum(call(xs, True))
+            grads = tape.gradient(loss, list(xs) + layer.trainable_weights)
+            return [tf.reduce_sum(g) for g in grads]
+
+    concrete = run.get_concrete_function(*inputs)  # trace outside the measurement
+    tf.config.experimental.reset_memory_stats("CPU:0")
+    before = tf.config.experimental.get_memory_info("CPU:0")["current"]
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    _sync_tf(concrete(*inputs))
+    seconds = time.perf_counter() - start
+    info = tf.config.experimental.get_memory_info("CPU:0")
+    rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print("MEMORY_RESULT " + json.dumps({
+        "tf_peak_mib": info["peak"] / 2**20,
+        "tf_before_mib": before / 2**20,
+        "extra_mib": (info["peak"] - before) / 2**20,
+        "maxrss_mib": rss_after / 1024,  # ru_maxrss is in KiB on Linux
+        "maxrss_growth_mib": (rss_after - rss_before) / 1024,
+        "seconds": seconds,
+    }), flush=True)
+
+
+def measure_memory(args, results):
+    rows = []
+    h, w = args.memory_hw
+    for block in args.memory_blocks:
+        for pass_name in ("fwd", "fwd+bwd"):
+            spec = dict(block=block, shape=[1, h, w, 2048], threads=args.threads,
+                        **{"pass": pass_name})
+            log(f"[memory] {block} {pass_name} 1x{h}x{w}x2048 (subprocess) ...")
+            env = dict(os.environ, TF_CPU_ALLOCATOR_USE_BFC="true")
+            row = dict(block=block, pass_=pass_name, input=f"1x{h}x{w}x2048")
+            try:
+                proc = subprocess.run(
+                    [sys.executable, __file__, "--memory-child", json.dumps(spec)],
+                    env=env, capture_output=True, text=True, timeout=args.memory_timeout,
+                )
+                line = next((ln for ln in proc.stdout.splitlines()
+                             if ln.startswith("MEMORY_RESULT ")), None)
+                if line is None:
+                    row["error"] = f"exit {proc.returncode}: {proc.stderr.strip()[-300:]}"
+                else:
+                    row.update(json.loads(line[len("MEMORY_RESULT "):]))
+            except subprocess.TimeoutExpired:
+                row["error"] = f"timed out after {args.memory_timeout} s"
+            rows.append(row)
+            if "error" in row:
+                log(f"    FAILED: {row['error']}")
+            else:
+                log(f"    peak +{row['extra_mib']:.0f} MiB over inputs/weights "
+                    f"(TF allocator; maxrss growth {row['maxrss_growth_mib']:.0f} MiB), "
+                    f"{row['seconds']:.1f} s")
+    results["memory"] = rows
+    save_json(args, results)
+
+
+# -------------------------------------------------------------- reporting
+
+
+def _fmt(value, spec):
+    return "-" if value is None else format(value, spec)
+
+
+def print_tables(results):
+    peak = results.get("peak", [])
+    if peak:
+        log("\n== Peak (GFLOP/s, median) ==")
+        log(f"{'framework':<10}{'op':<9}{'dtype':<6}{'shape':<24}{'ms':>9}{'GFLOP/s':>10}")
+        for r in peak:
+            log(f"{r['framework']:<10}{r['op']:<9}{r['dtype']:<6}{r['shape']:<24}"
+                f"{_fmt(r.get('ms'), '.2f'):>9}{_fmt(r.get('gflop_s'), '.1f'):>10}")
+
+    params = results.get("params", {})
+    if params:
+        log("\n== Parameters (trainable; main = inference graph, aux = training-only head) ==")
+        log(f"{'config':<20}{'keras main':>13}{'torch main':>13}{'keras aux':>11}"
+            f"{'torch aux':>11}  match")
+        for name, p in params.items():
+            t = p["torch"] or {}
+            log(f"{name:<20}{p['keras']['main']:>13,}{_fmt(t.get('main'), ','):>13}"
+                f"{p['keras']['aux']:>11,}{_fmt(t.get('aux'), ','):>11}  "
+                f"{'-' if p['match'] is None else ('yes' if p['match'] else 'NO')}")
+
+    for section, title in (("forward", "Forward (batch 1)"), ("train", "Training step (SGD)")):
+        rows = results.get(section, [])
+        if not rows:
+            continue
+        log(f"\n== {title}: median ms; GFLOP = dense ops of one forward; % of the TF conv "
+            "peak of the same dtype ==")
+        header = (f"{'config':<20}{'mode':<14}{'input':<14}{'ms':>10}{'first ms':>10}"
+                  f"{'GFLOP':>9}{'GFLOP/s':>9}{'%peak':>7}{'torch ms':>10}{'K/T':>6}")
+        log(header)
+        log("-" * len(header))
+        for r in rows:
+            if "error" in r:
+                log(f"{r['config']:<20}{r['mode']:<14}{r['input']:<14}  ERROR {r['error'][:60]}")
+                continue
+            log(f"{r['config']:<20}{r['mode']:<14}{r['input']:<14}{r['ms']:>10.1f}"
+                f"{r['first_ms']:>10.0f}{_fmt(r.get('gflop'), '.2f'):>9}"
+                f"{_fmt(r.get('gflop_s'), '.1f'):>9}{_fmt(r.get('pct_conv_peak'), '.0f'):>7}"
+                f"{_fmt(r.get('torch_eager_ms'), '.1f'):>10}"
+                f"{_fmt(r.get('keras_over_torch'), '.2f'):>6}")
+
+    flops = [r for r in results.get("forward", []) if r.get("torch_gflop") is not None]
+    if flops:
+        log("\n== FLOP cross-check: Keras graph (dense ops) vs torch FlopCounterMode ==")
+        keras_flops = {(r["config"], r["input"]): r.get("gflop") for r in results["forward"]
+                       if r["mode"] in MODES}
+        for r in flops:
+            if r["mode"] != "torch_eager":
+                continue
+            k = keras_flops.get((r["config"], r["input"]))
+            log(f"{r['config']:<20}{r['input']:<14} keras {_fmt(k, '.3f'):>9} GFLOP   "
+                f"torch {r['torch_gflop']:.3f} GFLOP")
+
+    overhead = results.get("ld_overhead", [])
+    if overhead:
+        log("\n== LD overhead (forward time ratio to ASPP alone) ==")
+        for r in overhead:
+            log(f"{r['backbone']:<6}{r['mode']:<10}{r['input']:<14} LDv1 "
+                f"{_fmt(r.get('ldv1_over_aspp'), '.3f')}  LDv2 {_fmt(r.get('ldv2_over_aspp'), '.3f')}")
+
+    block = results.get("ldv2_block", [])
+    if block:
+        log("\n== LDv2 block alone (median ms; ratio = reference patches / fast slices) ==")
+        for r in block:
+            if "ratio" in r:
+                log(f"{'':<14}{r['pass_']:<9}{r['mode']:<10} patches/slices = {r['ratio']:.2f}x")
+            elif "ms" in r:
+                log(f"{r['impl']:<14}{r['pass_']:<9}{r['mode']:<12}{r['input']:<22}"
+                    f"{r['ms']:>9.1f} ms")
+            else:
+                log(f"{r['impl']:<14}{r['pass_']:<9}{r['mode']:<12} ERROR {r['error'][:60]}")
+
+    memory = results.get("memory", [])
+    if memory:
+        log("\n== Peak memory (TF BFC allocator peak above inputs+weights; maxrss growth) ==")
+        for r in memory:
+            if "error" in r:
+                log(f"{r['block']:<14}{r['pass_']:<9}{r['input']:<20} ERROR {r['error'][:80]}")
+            else:
+                log(f"{r['block']:<14}{r['pass_']:<9}{r['input']:<20}{r['extra_mib']:>9.0f} MiB"
+                    f"{r['maxrss_growth_mib']:>9.0f} MiB rss")
+
+    backbones = [r for r in results.get("forward", []) if r["config"].endswith("_backbone")
+                 and r["mode"] in MODES and r.get("pct_conv_peak") is not None]
+    for r in backbones:
+        log(f"backbone {r['config']} {r['mode']} {r['input']}: {r['pct_conv_peak']:.0f}% of the "
+            "conv peak (issue #8 target: >= 80% for fp32 at full size)")
+
+
+def save_json(args, results):
+    path = pathlib.Path(args.json)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=1, default=str))
+
+
+# ------------------------------------------------------------------- main
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Configurations: " + ", ".join(CONFIGS),
+    )
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny sizes and the resnet_tiny configs: a smoke test")
+    parser.add_argument("--configs", help="comma-separated names or default / quick / all")
+    parser.add_argument("--modes", default=",".join(MODES), help=f"subset of {','.join(MODES)}")
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help=f"subset of {','.join(SECTIONS)}")
+    parser.add_argument("--repeats", type=int, help="timed calls per measurement (5; quick 2)")
+    parser.add_argument("--warmup", type=int, help="untimed calls first (2; quick 1)")
+    parser.add_argument("--threads", type=int,
+                        default=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                        else os.cpu_count(),
+                        help="TF intra-op threads and torch threads (default: usable CPUs)")
+    parser.add_argument("--size", type=int, help="forward input side (512; quick 128)")
+    parser.add_argument("--train-size", type=int, help="training crop side (128; quick 64)")
+    parser.add_argument("--train-batch", type=int, help="training batch (2)")
+    parser.add_argument("--ldv2-size", type=int, help="LDv2 block map side (64; quick 32)")
+    parser.add_argument("--memory-hw", help="H,W of the memory test's feature map "
+                        "(128,256 = 1/8 of 1024x2048; quick 16,32)")
+    parser.add_argument("--memory-blocks", default="aspp,ldv2_slices",
+                        help=f"subset of {','.join(MEMORY_BLOCKS)} (ldv2_patches needs GBs)")
+    parser.add_argument("--memory-timeout", type=int, default=1800,
+                        help="seconds per memory subprocess")
+    parser.add_argument("--peak-matmul", type=int, help="matmul side (2048; quick 512)")
+    parser.add_argument("--peak-conv", type=int, help="conv map side (128; quick 64)")
+    parser.add_argument("--large", action="store_true",
+                        help=f"also time {LARGE_CONFIG} forward at {LARGE_SIZE[0]}x{LARGE_SIZE[1]}")
+    parser.add_argument("--torch-compile", action="store_true",
+                        help="also time torch.compile'd PyTorch models")
+    parser.add_argument("--no-torch", action="store_true", help="skip PyTorch")
+    parser.add_argument("--json", default="runs/speed.json", help="output JSON path")
+    parser.add_argument("--memory-child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.memory_child:
+        return args
+
+    index = 1 if args.quick else 0
+    for key, values in SETTINGS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, values[index])
+    args.memory_hw = tuple(int(v) for v in str(args.memory_hw).split(","))
+
+    names = args.configs or ("quick" if args.quick else "default")
+    expanded = []
+    for name in names.split(","):
+        name = name.strip()
+        for n in CONFIG_SETS.get(name, [name]):
+            if n not in CONFIGS:
+                parser.error(f"unknown config {n!r}; choose from {', '.join(CONFIGS)}")
+            if n not in expanded:
+                expanded.append(n)
+    args.configs = expanded
+    args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    args.memory_blocks = [b.strip() for b in args.memory_blocks.split(",") if b.strip()]
+    for what, values, valid in (("mode", args.modes, MODES), ("section", args.sections, SECTIONS),
+                                ("memory block", args.memory_blocks, MEMORY_BLOCKS)):
+        bad = [v for v in values if v not in valid]
+        if bad:
+            parser.error(f"unknown {what} {bad}; choose from {', '.join(valid)}")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.memory_child:
+        memory_child(json.loads(args.memory_child))
+        return
+
+    import tensorflow as tf
+
+    tf.get_logger().setLevel("ERROR")  # the TF profiler's deprecation warnings
+    try:
+        # Must happen before TF's runtime starts; torch gets the same count.
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    except RuntimeError as exc:
+        log(f"note: could not set TF threads ({exc})")
+
+    torch, torch_ref = (None, "disabled with --no-torch") if args.no_torch else import_torch()
+    notes = []
+    if torch is None:
+        notes.append(f"PyTorch skipped: {torch_ref}")
+        log(f"note: PyTorch comparison skipped ({torch_ref}); "
+            "install it with `pip install torch==2.13.0`")
+        torch_ref = None
+    else:
+        torch.set_num_threads(args.threads)
+
+    results = {
+        "machine": machine_info(args.threads, torch),
+        "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()
+                     if k != "memory_child"},
+        "methods": {
+            "timing": "median of `repeats` calls after `warmup` calls; first_ms = first call "
+                      "(includes tracing / XLA compilation); outputs pulled to host each call",
+            "flops": "dense ops (Conv2D, DepthwiseConv2dNative, MatMul, BatchMatMul, Einsum; 2 "
+                     "FLOPs per multiply-add) of the traced fp32 inference graph with static "
+                     "shapes; tf_profiler_gflop: TF profiler float ops of the same graph "
+                     "(adds element-wise ops); torch_gflop: torch FlopCounterMode",
+            "pct_conv_peak": "achieved GFLOP/s / TF conv3x3 256->256 GFLOP/s of the same dtype "
+                             "(fp32 for fp32, fp32_xla and torch rows) measured in this run",
+            "memory": "one subprocess per measurement with TF_CPU_ALLOCATOR_USE_BFC=true; "
+                      "extra_mib = tf.config.experimental.get_memory_info('CPU:0') peak minus "
+                      "the allocation before the call (inputs, weights); maxrss_growth_mib = "
+                      "ru_maxrss growth over the call (all allocators)",
+            "torch": "benchmarks/torch_reference.py, eager, channels_last, fp32, "
+                     "inference_mode for forward; same thread count as TF",
+        },
+        "notes": notes,
+    }
+    log(f"machine: {results['machine']['cpu_model']}, {results['machine']['usable_cpus']} usable "
+        f"CPUs, load {results['machine']['loadavg_start']}, TF {tf.__version__}, "
+        f"threads {args.threads}" + (f", torch {torch.__version__}" if torch else ""))
+    log(f"configs: {', '.join(args.configs)} | modes: {', '.join(args.modes)} | "
+        f"sections: {', '.join(args.sections)}")
+    started = time.perf_counter()
+
+    if "peak" in args.sections:
+        measure_peak(args, torch, results)
+        save_json(args, results)
+    if "forward" in args.sections:
+        measure_forward(args, torch, torch_ref, results)
+        ld_overhead(results)
+    if "train" in args.sections:
+        measure_train(args, torch, torch_ref, results)
+    if "ldv2_block" in args.sections:
+        measure_ldv2_block(args, torch, torch_ref, results)
+    if "memory" in args.sections:
+        measure_memory(args, results)
+
+    results["machine"]["loadavg_end"] = list(os.getloadavg())
+    results["wall_seconds"] = time.perf_counter() - started
+    save_json(args, results)
+    print_tables(results)
+    log(f"\nwrote {args.json} ({results['wall_seconds']:.0f} s; load average at start "
+        f"{results['machine']['loadavg_start'][0]:.1f}, end {results['machine']['loadavg_end'][0]:.1f}"
+        " - other processes on these cores slow every number down)")
+
+
+if __name__ == "__main__":
+    main()
