@@ -232,7 +232,11 @@ def summarise(args, results, wall_seconds):
     for c in class_names:
         lines.append(f"| {c} | " + " | ".join(
             f"{100 * summary['variants'][v]['per_class_iou_mean'][c]:.1f}" for v in variants) + " |")
-    lines += ["", f"Wall time of this invocation: {wall_seconds / 60:.1f} min. "
+    run_minutes = sum(r["train_seconds"] + r["eval_seconds"] for r in results) / 60
+    summary["run_minutes_total"] = round(run_minutes, 1)
+    lines += ["", f"Time: {len(results)} runs, {run_minutes:.0f} min of training + evaluation in "
+              f"all (wall time of this invocation {wall_seconds / 60:.1f} min; finished runs "
+              "are read back, not redone). "
               f"Command: `{summary['command']}`"]
     markdown = "\n".join(lines)
     return summary, markdown
