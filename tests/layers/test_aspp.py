@@ -14,21 +14,19 @@ from keras_gald.convert.torch_weights import StateDict  # noqa: E402
 from keras_gald.layers.aspp import ASPP  # noqa: E402
 from keras_gald.layers.conv import DilatedConv2D  # noqa: E402
 from tests.conftest import OfficialFixture, assert_close_relative  # noqa: E402
+from tests.layers._helpers import (  # noqa: E402
+    assert_cases_close, assert_clone_matches, assert_gradients, assert_keras_round_trip,
+    assert_rejects_bad_nhwc, functional_model, global_policy, load_fixture_into,
+    projected_gradients, random_input, randomize_batch_norms
+)
 
 FIXTURE = "ga_ASPPModule_operators"
 
 
 # --------------------------------------------------------------------------- helpers
 def loaded_fixture_aspp(**kwargs):
-    fixture = OfficialFixture(FIXTURE)
     layer = ASPP(filters=64, branch_filters=32, dilation_rates=(12, 24, 36), **kwargs)
-    state_dict = load_official_aspp(layer, StateDict(fixture.state_dict))
-    assert state_dict.unused() == []
-    return layer, fixture
-
-
-def random_input(shape, seed=0):
-    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+    return layer, load_fixture_into(FIXTURE, layer, load_official_aspp)
 
 
 def numpy_bn(x, bn):
@@ -64,40 +62,23 @@ def numpy_aspp_reference(layer, x):
     return relu(numpy_bn(y, layer.bottleneck_bn))
 
 
-def randomise(layer, seed=0):
-    rng = np.random.default_rng(seed)
-    for sub in layer._flatten_layers(include_self=False):
-        if isinstance(sub, keras.layers.BatchNormalization):
-            c = sub.gamma.shape[0]
-            sub.gamma.assign(rng.uniform(0.5, 1.5, c).astype(np.float32))
-            sub.beta.assign(rng.normal(0, 0.1, c).astype(np.float32))
-            sub.moving_mean.assign(rng.normal(0, 0.1, c).astype(np.float32))
-            sub.moving_variance.assign(rng.uniform(0.5, 1.5, c).astype(np.float32))
-
-
 @pytest.fixture
 def mixed_bfloat16():
-    keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    try:
+    with global_policy("mixed_bfloat16"):
         yield
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
 
 
 # -------------------------------------------------------------- fixture parity
 def test_fixture_parity_every_case():
     layer, fixture = loaded_fixture_aspp()
     assert len(fixture.cases) == 2
-    for x, expected in fixture.cases:
-        assert_close_relative(layer(x, training=False), expected, rtol=1e-4)
+    assert_cases_close(lambda x: layer(x, training=False), fixture.cases, rtol=1e-4)
 
 
 def test_fixture_parity_dynamic_functional_model():
     layer, fixture = loaded_fixture_aspp()
-    inputs = keras.Input((None, None, 64))
-    model = keras.Model(inputs, layer(inputs))
-    for x, expected in fixture.cases:
-        assert_close_relative(model.predict(x, verbose=0), expected, rtol=1e-4)
+    model = functional_model(layer, 64)
+    assert_cases_close(lambda x: model.predict(x, verbose=0), fixture.cases, rtol=1e-4)
 
 
 def test_numpy_reference_reproduces_fixture():
@@ -111,7 +92,7 @@ def test_numpy_reference_reproduces_fixture():
 def test_other_rates_match_numpy_reference(rates):
     layer = ASPP(filters=6, branch_filters=4, dilation_rates=rates)
     layer.build((None, None, None, 3))
-    randomise(layer, seed=len(rates))
+    randomize_batch_norms(layer, seed=len(rates))
     x = random_input((2, 13, 9, 3), seed=7)
     np.testing.assert_allclose(
         layer(x, training=False).numpy(), numpy_aspp_reference(layer, x), rtol=1e-4, atol=1e-5
@@ -160,11 +141,8 @@ def test_output_shape_odd_size():
 
 
 def test_dynamic_shape_functional_model():
-    inputs = keras.Input((None, None, 5))
     layer = ASPP(filters=8, dilation_rates=(6, 12, 18))
-    outputs = layer(inputs)
-    assert tuple(outputs.shape) == (None, None, None, 8)
-    model = keras.Model(inputs, outputs)
+    model = functional_model(layer, 5, out_channels=8)
     for size in [(33, 47), (20, 13), (1, 1)]:
         x = random_input((1, *size, 5), seed=size[0])
         y = model.predict(x, verbose=0)
@@ -176,47 +154,23 @@ def test_dynamic_shape_functional_model():
 def test_get_config_from_config_round_trip():
     layer = ASPP(filters=8, branch_filters=4, dilation_rates=(6, 12, 18), dropout=0.3,
                  align_corners=False, name="aspp_rt")
-    x = random_input((2, 9, 10, 5))
-    y = layer(x, training=False)
-    config = layer.get_config()
-    assert config["dilation_rates"] == [6, 12, 18]
-    clone = ASPP.from_config(config)
-    assert clone.get_config() == config
-    clone.build((None, None, None, 5))
-    clone.set_weights(layer.get_weights())
-    np.testing.assert_array_equal(clone(x, training=False), y)
+    assert layer.get_config()["dilation_rates"] == [6, 12, 18]
+    assert_clone_matches(layer, random_input((2, 9, 10, 5)), build_shape=(None, None, None, 5),
+                         training=False)
 
 
 def test_keras_save_load_round_trip(tmp_path):
     layer, fixture = loaded_fixture_aspp()
-    inputs = keras.Input((None, None, 64))
-    model = keras.Model(inputs, layer(inputs))
-    path = tmp_path / "aspp.keras"
-    model.save(path)
-    restored = keras.saving.load_model(path)
-    restored_layer = restored.layers[-1]
-    assert isinstance(restored_layer, ASPP)
-    assert restored_layer.get_config() == layer.get_config()
-    for x, _ in fixture.cases:
-        np.testing.assert_array_equal(
-            restored.predict(x, verbose=0), model.predict(x, verbose=0)
-        )
+    model = functional_model(layer, 64)
+    inputs = [x for x, _ in fixture.cases]
+    assert_keras_round_trip(model, tmp_path / "aspp.keras", inputs, ASPP, layer=layer)
 
 
 # ------------------------------------------------------------------ training
 def gradients(layer, x, jit_compile):
     """d(random projection of the output)/d(trainable weights), training=True."""
-
-    def step(x):
-        with tf.GradientTape() as tape:
-            y = tf.cast(layer(x, training=True), tf.float32)
-            weights = tf.random.stateless_normal(tf.shape(y), seed=(1, 2))
-            loss = tf.reduce_sum(y * weights)
-        return tape.gradient(loss, layer.trainable_weights)
-
-    if jit_compile:
-        step = tf.function(step, jit_compile=True)
-    return step(tf.constant(x))
+    projection = lambda y: tf.random.stateless_normal(tf.shape(y), seed=(1, 2))  # noqa: E731
+    return projected_gradients(layer, x, projection, training=True, jit_compile=jit_compile)
 
 
 def test_gradients_reach_every_trainable_weight():
@@ -225,17 +179,13 @@ def test_gradients_reach_every_trainable_weight():
     grads = gradients(layer, random_input((2, 9, 11, 4)), jit_compile=True)
     # 6 (conv, BN) pairs: conv kernel, BN gamma, BN beta each
     assert len(layer.trainable_weights) == 3 * 6
-    for weight, grad in zip(layer.trainable_weights, grads):
-        assert grad is not None, weight.path
-        assert float(tf.reduce_max(tf.abs(grad))) > 0.0, weight.path
+    assert_gradients(layer.trainable_weights, grads)
 
 
 def test_gradients_without_xla():
     layer = ASPP(filters=6, branch_filters=4, dilation_rates=(1, 2, 3))
     grads = gradients(layer, random_input((2, 9, 11, 4)), jit_compile=False)
-    for weight, grad in zip(layer.trainable_weights, grads):
-        assert grad is not None, weight.path
-        assert float(tf.reduce_max(tf.abs(grad))) > 0.0, weight.path
+    assert_gradients(layer.trainable_weights, grads)
 
 
 def test_training_dropout_is_channelwise():
@@ -256,23 +206,16 @@ def test_mixed_bfloat16(mixed_bfloat16):
         y = layer(x, training=False)
         assert y.dtype == tf.bfloat16
         assert_close_relative(tf.cast(y, tf.float32), expected, rtol=2e-2)
-    inputs = keras.Input((None, None, 64))
-    model = keras.Model(inputs, layer(inputs))
+    model = functional_model(layer, 64)
     assert model.predict(fixture.cases[1][0], verbose=0).shape == (1, 21, 29, 64)
     grads = gradients(layer, fixture.cases[0][0], jit_compile=True)
-    for weight, grad in zip(layer.trainable_weights, grads):
-        assert grad is not None and grad.dtype == tf.float32, weight.path
-        assert np.isfinite(grad.numpy()).all(), weight.path
+    assert_gradients(layer.trainable_weights, grads, nonzero=False, finite=True, dtype=tf.float32)
 
 
 # -------------------------------------------------------------------- errors
 def test_bad_inputs_raise_clear_errors():
-    with pytest.raises(ValueError, match="4D NHWC"):
-        ASPP(filters=4)(tf.zeros((2, 8, 3)))
-    with pytest.raises(ValueError, match="4D NHWC"):
-        ASPP(filters=4).compute_output_shape((8, 3))
-    with pytest.raises(ValueError, match="channel dimension"):
-        ASPP(filters=4).build((None, 8, 8, None))
+    assert_rejects_bad_nhwc(lambda: ASPP(filters=4), bad_rank_shape=(8, 3),
+                            unknown_channels_shape=(None, 8, 8, None))
     with pytest.raises(ValueError, match="dilation_rates"):
         ASPP(dilation_rates=(12, 0, 36))
     with pytest.raises(ValueError, match="dilation_rates"):

@@ -1,24 +1,16 @@
 import numpy as np
 import pytest
-import keras
 import tensorflow as tf
 
 from keras_gald.convert.official_cgnl_ldv1 import load_official_cgnl
 from keras_gald.convert.torch_weights import StateDict
 from keras_gald.layers.cgnl import CGNL
 from tests.conftest import OfficialFixture, assert_close_relative
-
-
-def randomize_weights(layer, seed=0):
-    """Assigns random values to every weight (positive for scales/variances)."""
-    rng = np.random.RandomState(seed)
-    for w in layer.weights:
-        shape = tuple(w.shape)
-        if w.path.endswith(("gamma", "moving_variance")):
-            value = rng.uniform(0.5, 1.5, shape)
-        else:
-            value = rng.normal(0.0, 0.3, shape)
-        w.assign(value.astype("float32"))
+from tests.layers._helpers import (
+    assert_cases_close, assert_gradients, assert_keras_round_trip, bfloat16_twin,
+    config_round_trip, functional_model, global_policy, load_fixture_into, projected_gradients,
+    random_input_legacy, randomize_weights
+)
 
 
 def numpy_cgnl(x, t_k, p_k, g_k, z_k, gamma, beta, groups, use_scale, eps=1e-5):
@@ -66,27 +58,17 @@ def reference_of(layer, x):
 
 @pytest.fixture
 def bf16_policy():
-    keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    try:
+    with global_policy("mixed_bfloat16"):
         yield
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
-
-
-def _random_input(shape, seed=1):
-    return np.random.RandomState(seed).normal(size=shape).astype("float32")
 
 
 # ----------------------------------------------------------------- parity
 def test_fixture_parity_every_case():
-    fixture = OfficialFixture("ga_SpatialCGNL")
-    assert fixture.meta.get("module", "").endswith("groups=8)")
     layer = CGNL(32, groups=8, use_scale=False)
-    state_dict = load_official_cgnl(layer, StateDict(fixture.state_dict))
-    assert state_dict.unused() == []
+    fixture = load_fixture_into("ga_SpatialCGNL", layer, load_official_cgnl)
+    assert fixture.meta.get("module", "").endswith("groups=8)")
     assert len(fixture.cases) == 2
-    for x, expected in fixture.cases:
-        assert_close_relative(layer(x).numpy(), expected, rtol=1e-4)
+    assert_cases_close(lambda x: layer(x).numpy(), fixture.cases, rtol=1e-4)
 
 
 def test_converter_with_prefix_and_checks():
@@ -107,7 +89,7 @@ def test_converter_with_prefix_and_checks():
 @pytest.mark.parametrize("use_scale", [False, True])
 def test_matches_numpy_reference_odd_size(use_scale):
     layer = CGNL(8, groups=4, use_scale=use_scale)
-    x = _random_input((2, 33, 47, 16))
+    x = random_input_legacy((2, 33, 47, 16))
     layer.build(x.shape)
     randomize_weights(layer, seed=3)
     # Small p/g weights keep |att| near sqrt(eps), where scaling is visible.
@@ -118,7 +100,7 @@ def test_matches_numpy_reference_odd_size(use_scale):
 
 
 def test_use_scale_changes_output_when_affinity_is_small():
-    x = _random_input((1, 9, 13, 16))
+    x = random_input_legacy((1, 9, 13, 16))
     a, b = CGNL(8, groups=4), CGNL(8, groups=4, use_scale=True)
     a.build(x.shape)
     b.build(x.shape)
@@ -130,7 +112,7 @@ def test_use_scale_changes_output_when_affinity_is_small():
 
 def test_groupnorm_normalizes_affinity_scale_away():
     """Documented property of the authors' design: z/gn groups coincide."""
-    x = _random_input((1, 10, 14, 16))
+    x = random_input_legacy((1, 10, 14, 16))
     layer = CGNL(8, groups=4)
     layer.build(x.shape)
     randomize_weights(layer, seed=5)
@@ -149,13 +131,10 @@ def test_invalid_configuration():
 
 def test_dynamic_shape_functional_model():
     layer = CGNL(8, groups=4)
-    inputs = keras.Input((None, None, 16))
-    outputs = layer(inputs)
-    assert tuple(outputs.shape) == (None, None, None, 16)
-    model = keras.Model(inputs, outputs)
+    model = functional_model(layer, 16, out_channels=16)
     randomize_weights(layer, seed=6)
     for shape in [(1, 33, 47, 16), (2, 5, 3, 16)]:
-        x = _random_input(shape)
+        x = random_input_legacy(shape)
         y = model.predict(x, verbose=0)
         assert y.shape == shape
         assert_close_relative(y, reference_of(layer, x), rtol=1e-4)
@@ -164,53 +143,30 @@ def test_dynamic_shape_functional_model():
 # ---------------------------------------------------------- serialization
 def test_config_and_keras_file_round_trip(tmp_path):
     layer = CGNL(8, groups=4, use_scale=True, name="cgnl")
-    config = layer.get_config()
-    clone = CGNL.from_config(config)
-    assert clone.get_config() == config
+    clone = config_round_trip(layer)
     assert (clone.planes, clone.groups, clone.use_scale) == (8, 4, True)
 
-    inputs = keras.Input((None, None, 16))
-    model = keras.Model(inputs, layer(inputs))
+    model = functional_model(layer, 16)
     randomize_weights(layer, seed=7)
-    path = tmp_path / "cgnl.keras"
-    model.save(path)
-    loaded = keras.models.load_model(path)
-    assert isinstance(loaded.get_layer("cgnl"), CGNL)
-    x = _random_input((1, 11, 7, 16))
-    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+    x = random_input_legacy((1, 11, 7, 16))
+    assert_keras_round_trip(model, tmp_path / "cgnl.keras", [x], CGNL, layer_name="cgnl")
 
 
 # -------------------------------------------------------------- gradients
 def test_gradients_reach_every_trainable_weight():
     layer = CGNL(8, groups=4)
-    x = tf.constant(_random_input((2, 9, 13, 16)))
+    x = tf.constant(random_input_legacy((2, 9, 13, 16)))
     layer.build(x.shape)
     randomize_weights(layer, seed=8)
-    weights = np.random.RandomState(9).normal(size=x.shape).astype("float32")
-    with tf.GradientTape() as tape:
-        loss = tf.reduce_sum(layer(x, training=True) * weights)
-    grads = tape.gradient(loss, layer.trainable_weights)
+    grads = projected_gradients(layer, x, random_input_legacy(x.shape, seed=9), training=True)
     assert len(layer.trainable_weights) == 6  # t, p, g, z kernels; gn gamma, beta
-    for w, grad in zip(layer.trainable_weights, grads):
-        assert grad is not None, w.path
-        grad = grad.numpy()
-        assert np.isfinite(grad).all(), w.path
-        assert np.abs(grad).max() > 0, w.path
+    assert_gradients(layer.trainable_weights, grads, finite=True)
 
 
 # ---------------------------------------------------------- mixed bf16
 def test_mixed_bfloat16(bf16_policy):
-    x = _random_input((2, 9, 13, 16)) * 10.0  # large |att|: sum of 117*2 products
-    keras.mixed_precision.set_global_policy("float32")
-    ref_layer = CGNL(8, groups=4)
-    ref_layer.build(x.shape)
-    randomize_weights(ref_layer, seed=10)
-    expected = ref_layer(x).numpy()
-
-    keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    layer = CGNL(8, groups=4)
-    layer.build(x.shape)
-    layer.set_weights(ref_layer.get_weights())
+    x = random_input_legacy((2, 9, 13, 16)) * 10.0  # large |att|: sum of 117*2 products
+    layer, expected = bfloat16_twin(lambda: CGNL(8, groups=4), x, seed=10)
     for sub in (layer.t, layer.p, layer.g, layer.z, layer.gn):
         assert sub.dtype_policy.name == "mixed_bfloat16"
     y = layer(x)
@@ -220,6 +176,5 @@ def test_mixed_bfloat16(bf16_policy):
     assert np.isfinite(y).all()
     assert_close_relative(y, expected, rtol=5e-2)
 
-    inputs = keras.Input((None, None, 16))
-    model = keras.Model(inputs, layer(inputs))
+    model = functional_model(layer, 16)
     assert model.predict(x[:1, :5, :7], verbose=0).shape == (1, 5, 7, 16)

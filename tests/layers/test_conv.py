@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from keras_gald.layers.conv import DilatedConv2D, dilated_conv2d
+from tests.layers._helpers import assert_keras_round_trip, random_input
 
 
 def _loss_and_grads(fn, x, k):
@@ -40,7 +41,7 @@ def test_custom_gradient_matches_tf_convolution(padding, size, rate, jit):
 
 @pytest.mark.parametrize("kernel_size,rate,padding", [(3, 2, "same"), (3, 1, "same"), (1, 1, "valid"), (3, 3, "valid"), (2, 2, "same")])
 def test_layer_matches_keras_conv2d(kernel_size, rate, padding):
-    x = np.random.default_rng(1).normal(size=(2, 15, 21, 4)).astype("float32")
+    x = random_input((2, 15, 21, 4), seed=1)
     ours = DilatedConv2D(6, kernel_size, padding=padding, dilation_rate=rate)
     ref = keras.layers.Conv2D(6, kernel_size, padding=padding, dilation_rate=rate)
     ours.build(x.shape)
@@ -57,11 +58,8 @@ def test_layer_matches_keras_conv2d(kernel_size, rate, padding):
 def test_serialization_round_trip(tmp_path):
     inputs = keras.Input((None, None, 3))
     model = keras.Model(inputs, DilatedConv2D(4, 3, padding="same", dilation_rate=3)(inputs))
-    x = np.random.default_rng(2).normal(size=(1, 11, 13, 3)).astype("float32")
-    model.save(tmp_path / "m.keras")
-    restored = keras.models.load_model(tmp_path / "m.keras")
-    assert isinstance(restored.layers[-1], DilatedConv2D)
-    np.testing.assert_array_equal(restored(x), model(x))
+    x = random_input((1, 11, 13, 3), seed=2)
+    assert_keras_round_trip(model, tmp_path / "m.keras", [x], DilatedConv2D, predict=False)
 
 
 def test_bfloat16():

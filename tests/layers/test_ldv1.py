@@ -7,22 +7,11 @@ from keras_gald.convert.official_cgnl_ldv1 import load_official_ldv1
 from keras_gald.convert.torch_weights import StateDict
 from keras_gald.layers.ldv1 import AUTHORS_LDV1_OPTIONS, LDv1, min_valid_size
 from tests.conftest import OfficialFixture, assert_close_relative
-
-
-def randomize_weights(layer, seed=0):
-    """Assigns random values to every weight (positive for scales/variances)."""
-    rng = np.random.RandomState(seed)
-    for w in layer.weights:
-        shape = tuple(w.shape)
-        if w.path.endswith(("gamma", "moving_variance")):
-            value = rng.uniform(0.5, 1.5, shape)
-        else:
-            value = rng.normal(0.0, 0.3, shape)
-        w.assign(value.astype("float32"))
-
-
-def _random_input(shape, seed=1):
-    return np.random.RandomState(seed).normal(size=shape).astype("float32")
+from tests.layers._helpers import (
+    assert_cases_close, assert_gradients, assert_keras_round_trip, bfloat16_twin,
+    config_round_trip, functional_model, global_policy, load_fixture_into, projected_gradients,
+    random_input_legacy, randomize_weights
+)
 
 
 def _resize_axis(x, axis, out, align_corners):
@@ -66,27 +55,20 @@ def numpy_ldv1_mask(layer, x, pad):
 
 @pytest.fixture
 def bf16_policy():
-    keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    try:
+    with global_policy("mixed_bfloat16"):
         yield
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
 
 
 def _authors_layer():
-    fixture = OfficialFixture("ldv1_LocalAttenModule")
     layer = LDv1(**AUTHORS_LDV1_OPTIONS)
-    sd = load_official_ldv1(layer, StateDict(fixture.state_dict))
-    assert sd.unused() == []
-    return fixture, layer
+    return load_fixture_into("ldv1_LocalAttenModule", layer, load_official_ldv1), layer
 
 
 # ----------------------------------------------------------------- parity
 def test_fixture_parity_every_case():
     fixture, layer = _authors_layer()
     assert len(fixture.cases) == 3
-    for x, expected in fixture.cases:
-        assert_close_relative(layer(x).numpy(), expected, rtol=1e-4)
+    assert_cases_close(lambda x: layer(x).numpy(), fixture.cases, rtol=1e-4)
 
 
 def test_authors_options_match_numpy_reference():
@@ -109,7 +91,7 @@ def test_converter_rejects_mismatched_depth():
 @pytest.mark.parametrize("shape", [(1, 9, 13, 8), (2, 10, 14, 8), (1, 33, 47, 8)])
 def test_symmetric_padding_is_pytorch_padding_1(shape, align_corners):
     layer = LDv1(align_corners=align_corners)
-    x = _random_input(shape)
+    x = random_input_legacy(shape)
     layer.build(x.shape)
     randomize_weights(layer, seed=2)
     mask = layer.compute_mask_map(x).numpy()
@@ -179,13 +161,10 @@ def test_invalid_options():
 
 def test_dynamic_shape_functional_model():
     layer = LDv1()
-    inputs = keras.Input((None, None, 8))
-    outputs = layer(inputs)
-    assert tuple(outputs.shape) == (None, None, None, 8)
-    model = keras.Model(inputs, outputs)
+    model = functional_model(layer, 8, out_channels=8)
     randomize_weights(layer, seed=3)
     for shape in [(1, 33, 47, 8), (2, 9, 13, 8)]:
-        x = _random_input(shape)
+        x = random_input_legacy(shape)
         y = model.predict(x, verbose=0)
         mask = numpy_ldv1_mask(layer, x, pad=1)
         np.testing.assert_allclose(y, x * mask + x, rtol=1e-5, atol=1e-5)
@@ -195,62 +174,40 @@ def test_dynamic_shape_functional_model():
 def test_config_and_keras_file_round_trip(tmp_path):
     layer = LDv1(downsample_rate=4, padding="valid", mask_activation="relu_sigmoid",
                  align_corners=True, name="ld")
-    config = layer.get_config()
-    clone = LDv1.from_config(config)
-    assert clone.get_config() == config
+    clone = config_round_trip(layer)
     assert (clone.downsample_rate, clone.padding, clone.mask_activation, clone.align_corners) == (
         4, "valid", "relu_sigmoid", True)
 
-    inputs = keras.Input((None, None, 8))
-    model = keras.Model(inputs, layer(inputs))
+    model = functional_model(layer, 8)
     randomize_weights(layer, seed=4)
-    path = tmp_path / "ldv1.keras"
-    model.save(path)
-    loaded = keras.models.load_model(path)
-    assert isinstance(loaded.get_layer("ld"), LDv1)
-    x = _random_input((1, 11, 17, 8))
-    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+    x = random_input_legacy((1, 11, 17, 8))
+    assert_keras_round_trip(model, tmp_path / "ldv1.keras", [x], LDv1, layer_name="ld")
 
 
 # -------------------------------------------------------------- gradients
 @pytest.mark.parametrize("options", [{}, AUTHORS_LDV1_OPTIONS])
 def test_gradients_reach_every_trainable_weight(options):
     layer = LDv1(**options)
-    x = tf.constant(_random_input((2, 17, 19, 8)))
+    x = tf.constant(random_input_legacy((2, 17, 19, 8)))
     layer.build(x.shape)
     randomize_weights(layer, seed=5)
     for w in layer.weights:  # keep the authors' last ReLU mostly active
         if w.path.endswith("beta"):
             w.assign(tf.abs(w) + 0.5)
-    r = np.random.RandomState(6).normal(size=x.shape).astype("float32")
+    r = random_input_legacy(x.shape, seed=6)
     # Inference-mode BN: every weight, conv biases included, has a true gradient.
-    with tf.GradientTape() as tape:
-        loss = tf.reduce_sum(layer(x, training=False) * r)
-    grads = tape.gradient(loss, layer.trainable_weights)
+    grads = projected_gradients(layer, x, r, training=False)
     assert len(layer.trainable_weights) == 3 * 4  # kernel, bias, gamma, beta
-    for w, grad in zip(layer.trainable_weights, grads):
-        assert grad is not None, w.path
-        assert np.isfinite(grad.numpy()).all() and np.abs(grad.numpy()).max() > 0, w.path
+    assert_gradients(layer.trainable_weights, grads, finite=True)
     # Training-mode BN: gradients exist and are finite.
-    with tf.GradientTape() as tape:
-        loss = tf.reduce_sum(layer(x, training=True) * r)
-    for w, grad in zip(layer.trainable_weights, tape.gradient(loss, layer.trainable_weights)):
-        assert grad is not None and np.isfinite(grad.numpy()).all(), w.path
+    grads = projected_gradients(layer, x, r, training=True)
+    assert_gradients(layer.trainable_weights, grads, nonzero=False, finite=True)
 
 
 # ---------------------------------------------------------- mixed bf16
 def test_mixed_bfloat16(bf16_policy):
-    x = _random_input((1, 9, 13, 8))
-    keras.mixed_precision.set_global_policy("float32")
-    ref = LDv1()
-    ref.build(x.shape)
-    randomize_weights(ref, seed=7)
-    expected = ref(x).numpy()
-
-    keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    layer = LDv1()
-    layer.build(x.shape)
-    layer.set_weights(ref.get_weights())
+    x = random_input_legacy((1, 9, 13, 8))
+    layer, expected = bfloat16_twin(LDv1, x, seed=7)
     for sub in [*layer.dconv_convs, *layer.dconv_bns]:
         assert sub.dtype_policy.name == "mixed_bfloat16"
     y = layer(x)
@@ -258,6 +215,5 @@ def test_mixed_bfloat16(bf16_policy):
     assert layer.compute_mask_map(x).dtype == tf.bfloat16
     assert_close_relative(tf.cast(y, tf.float32).numpy(), expected, rtol=3e-2)
 
-    inputs = keras.Input((None, None, 8))
-    model = keras.Model(inputs, layer(inputs))
+    model = functional_model(layer, 8)
     assert model.predict(x[:, :5, :7], verbose=0).shape == (1, 5, 7, 8)

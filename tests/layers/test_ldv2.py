@@ -14,6 +14,7 @@ from keras_gald.layers.ldv2 import (
     neighbour_offsets,
 )
 from tests.conftest import assert_close_relative
+from tests.layers._helpers import assert_clone_matches, assert_keras_round_trip, global_policy
 
 CG, CL = 3, 5  # tiny X_g / X_l widths
 SMALL = dict(key_channels=4, value_channels=6, out_channels=5)
@@ -286,20 +287,9 @@ def test_get_config_and_keras_round_trip(tmp_path):
     model = keras.Model([gi, li], layer([gi, li]))
     _randomize(layer)
     xg, xl = _inputs(2, 9, 7)
-    expected = model([xg, xl]).numpy()
-
-    clone = LDv2.from_config(layer.get_config())
-    assert clone.get_config() == layer.get_config()
-    clone([xg, xl])
-    clone.set_weights(layer.get_weights())
-    np.testing.assert_array_equal(clone([xg, xl]).numpy(), expected)
-
-    path = tmp_path / "ldv2.keras"
-    model.save(path)
-    loaded = keras.saving.load_model(path)
-    restored = [l for l in loaded.layers if isinstance(l, LDv2)][0]
-    assert restored.get_config() == layer.get_config()
-    np.testing.assert_array_equal(loaded([xg, xl]).numpy(), expected)
+    assert_clone_matches(layer, [xg, xl])
+    assert_keras_round_trip(model, tmp_path / "ldv2.keras", [[xg, xl]], LDv2, layer=layer,
+                            predict=False)
 
 
 @pytest.mark.parametrize("padding", ["zeros", "mask"])
@@ -321,11 +311,8 @@ def test_gradients_reach_every_trainable_weight(padding):
 
 @pytest.fixture
 def bfloat16_policy():
-    keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    try:
+    with global_policy("mixed_bfloat16"):
         yield
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
 
 
 @pytest.mark.parametrize("impl", ["slices", "patches"])

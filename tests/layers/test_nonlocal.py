@@ -10,13 +10,13 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from keras_gald.layers.nonlocal_block import NonLocal  # noqa: E402
+from tests.layers._helpers import (  # noqa: E402
+    assert_clone_matches, assert_gradients, assert_keras_round_trip, assert_rejects_bad_nhwc,
+    functional_model, global_policy, projected_gradients, random_input
+)
 
 
 # --------------------------------------------------------------------------- helpers
-def random_input(shape, seed=0):
-    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
-
-
 def max_pool_2x2_ceil(x):
     """2x2 / stride-2 max pool, ceil mode (a trailing odd row/column is its own window)."""
     n, h, w, c = x.shape
@@ -78,11 +78,8 @@ def built_block(channels, seed=0, **kwargs):
 
 @pytest.fixture
 def mixed_bfloat16():
-    keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    try:
+    with global_policy("mixed_bfloat16"):
         yield
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
 
 
 # ---------------------------------------------------------------- reference
@@ -142,11 +139,8 @@ def test_output_shape_odd_size():
 
 
 def test_dynamic_shape_functional_model():
-    inputs = keras.Input((None, None, 8))
     layer = NonLocal(inter_channels=4)
-    outputs = layer(inputs)
-    assert tuple(outputs.shape) == (None, None, None, 8)
-    model = keras.Model(inputs, outputs)
+    model = functional_model(layer, 8, out_channels=8)
     randomise(layer, seed=5)
     for size in [(33, 47), (7, 4), (1, 1)]:
         x = random_input((1, *size, 8), seed=size[0])
@@ -158,41 +152,26 @@ def test_dynamic_shape_functional_model():
 # ------------------------------------------------------------- serialization
 def test_get_config_from_config_round_trip():
     layer = built_block(6, seed=3, inter_channels=2, downsample=False, name="nl_rt")
-    x = random_input((2, 5, 7, 6))
-    y = layer(x, training=False)
     config = layer.get_config()
     assert config["inter_channels"] == 2 and config["downsample"] is False
-    clone = NonLocal.from_config(config)
-    assert clone.get_config() == config
-    clone.build((None, None, None, 6))
-    clone.set_weights(layer.get_weights())
-    np.testing.assert_array_equal(clone(x, training=False), y)
+    assert_clone_matches(layer, random_input((2, 5, 7, 6)), build_shape=(None, None, None, 6),
+                         training=False)
 
 
 def test_keras_save_load_round_trip(tmp_path):
-    inputs = keras.Input((None, None, 6))
     layer = NonLocal(inter_channels=3)
-    model = keras.Model(inputs, layer(inputs))
+    model = functional_model(layer, 6)
     randomise(layer, seed=4)
-    path = tmp_path / "nonlocal.keras"
-    model.save(path)
-    restored = keras.saving.load_model(path)
-    restored_layer = restored.layers[-1]
-    assert isinstance(restored_layer, NonLocal)
-    assert restored_layer.get_config() == layer.get_config()
-    for size in [(9, 11), (4, 6)]:
-        x = random_input((2, *size, 6), seed=size[0])
-        expected = model.predict(x, verbose=0)
+    xs = [random_input((2, *size, 6), seed=size[0]) for size in [(9, 11), (4, 6)]]
+    outputs = assert_keras_round_trip(model, tmp_path / "nonlocal.keras", xs, NonLocal,
+                                      layer=layer)
+    for x, expected in zip(xs, outputs):
         assert np.abs(expected - x).max() > 1e-3  # not the identity
-        np.testing.assert_array_equal(restored.predict(x, verbose=0), expected)
 
 
 # ------------------------------------------------------------------ training
 def gradients(layer, x):
-    with tf.GradientTape() as tape:
-        y = layer(tf.constant(x), training=True)
-        loss = tf.reduce_sum(tf.cast(y, tf.float32) * random_input(y.shape, seed=9))
-    return tape.gradient(loss, layer.trainable_weights)
+    return projected_gradients(layer, x, lambda y: random_input(y.shape, seed=9))
 
 
 def test_gradients_reach_every_trainable_weight():
@@ -209,9 +188,7 @@ def test_gradients_reach_every_trainable_weight():
     assert float(tf.reduce_max(tf.abs(grads[layer.w_bn.beta.path]))) > 0.0
     # Once gamma moves off zero, gradients reach every weight.
     layer.w_bn.gamma.assign(np.ones(8, np.float32))
-    for weight, grad in zip(layer.trainable_weights, gradients(layer, x)):
-        assert grad is not None, weight.path
-        assert float(tf.reduce_max(tf.abs(grad))) > 0.0, weight.path
+    assert_gradients(layer.trainable_weights, gradients(layer, x))
 
 
 def test_mixed_bfloat16(mixed_bfloat16):
@@ -226,21 +203,15 @@ def test_mixed_bfloat16(mixed_bfloat16):
     expected = nonlocal_reference(layer, x)
     branch_error = np.abs(tf.cast(y, tf.float32).numpy() - expected).max()
     assert branch_error <= 2e-2 * np.abs(expected).max()
-    inputs = keras.Input((None, None, 8))
-    model = keras.Model(inputs, layer(inputs))
+    model = functional_model(layer, 8)
     assert model.predict(x[:1, :5, :3], verbose=0).shape == (1, 5, 3, 8)
-    for weight, grad in zip(layer.trainable_weights, gradients(layer, x)):
-        assert grad is not None and grad.dtype == tf.float32, weight.path
-        assert np.isfinite(grad.numpy()).all(), weight.path
+    assert_gradients(layer.trainable_weights, gradients(layer, x), nonzero=False, finite=True,
+                     dtype=tf.float32)
 
 
 # -------------------------------------------------------------------- errors
 def test_bad_inputs_raise_clear_errors():
-    with pytest.raises(ValueError, match="4D NHWC"):
-        NonLocal()(tf.zeros((2, 8, 3)))
-    with pytest.raises(ValueError, match="4D NHWC"):
-        NonLocal().compute_output_shape((2, 8, 8, 8, 3))
-    with pytest.raises(ValueError, match="channel dimension"):
-        NonLocal().build((None, 8, 8, None))
+    assert_rejects_bad_nhwc(NonLocal, bad_rank_shape=(2, 8, 8, 8, 3),
+                            unknown_channels_shape=(None, 8, 8, None))
     with pytest.raises(ValueError, match="inter_channels"):
         NonLocal(inter_channels=0)

@@ -14,6 +14,11 @@ from keras_gald.convert.torch_weights import StateDict  # noqa: E402
 from keras_gald.layers.psp import PSP, adaptive_average_pool2d  # noqa: E402
 from keras_gald.layers.resize import resize_bilinear  # noqa: E402
 from tests.conftest import OfficialFixture, assert_close_relative  # noqa: E402
+from tests.layers._helpers import (  # noqa: E402
+    assert_cases_close, assert_clone_matches, assert_gradients, assert_keras_round_trip,
+    assert_rejects_bad_nhwc, functional_model, global_policy, load_fixture_into,
+    projected_gradients, random_input, randomize_batch_norms
+)
 
 FIXTURE = "ga_PSPModule_PSPNet"
 
@@ -32,35 +37,14 @@ def torch_adaptive_avg_pool_reference(x, out_h, out_w):
 
 
 def loaded_fixture_psp(**kwargs):
-    fixture = OfficialFixture(FIXTURE)
     layer = PSP(filters=16, bins=(1, 2, 3, 6), **kwargs)
-    state_dict = load_official_psp(layer, StateDict(fixture.state_dict))
-    assert state_dict.unused() == []
-    return layer, fixture
-
-
-def random_input(shape, seed=0):
-    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
-
-
-def randomise_bn_statistics(layer, seed=0):
-    rng = np.random.default_rng(seed)
-    for sub in layer._flatten_layers(include_self=False):
-        if isinstance(sub, keras.layers.BatchNormalization):
-            c = sub.gamma.shape[0]
-            sub.gamma.assign(rng.uniform(0.5, 1.5, c).astype(np.float32))
-            sub.beta.assign(rng.normal(0, 0.1, c).astype(np.float32))
-            sub.moving_mean.assign(rng.normal(0, 0.1, c).astype(np.float32))
-            sub.moving_variance.assign(rng.uniform(0.5, 1.5, c).astype(np.float32))
+    return layer, load_fixture_into(FIXTURE, layer, load_official_psp)
 
 
 @pytest.fixture
 def mixed_bfloat16():
-    keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    try:
+    with global_policy("mixed_bfloat16"):
         yield
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
 
 
 # --------------------------------------------------------------- adaptive pooling
@@ -108,17 +92,13 @@ def test_adaptive_pool_keeps_dtype_and_rejects_zero_bins():
 def test_fixture_parity_every_case():
     layer, fixture = loaded_fixture_psp()
     assert len(fixture.cases) == 2
-    for x, expected in fixture.cases:
-        actual = layer(x, training=False)
-        assert_close_relative(actual, expected, rtol=1e-4)
+    assert_cases_close(lambda x: layer(x, training=False), fixture.cases, rtol=1e-4)
 
 
 def test_fixture_parity_dynamic_functional_model():
     layer, fixture = loaded_fixture_psp()
-    inputs = keras.Input((None, None, 64))
-    model = keras.Model(inputs, layer(inputs))
-    for x, expected in fixture.cases:
-        assert_close_relative(model.predict(x, verbose=0), expected, rtol=1e-4)
+    model = functional_model(layer, 64)
+    assert_cases_close(lambda x: model.predict(x, verbose=0), fixture.cases, rtol=1e-4)
 
 
 def test_fixture_concat_order_matters():
@@ -173,11 +153,8 @@ def test_output_shape_odd_size():
 
 
 def test_dynamic_shape_functional_model():
-    inputs = keras.Input((None, None, 5))
     layer = PSP(filters=8, bins=(1, 2, 3, 6))
-    outputs = layer(inputs)
-    assert tuple(outputs.shape) == (None, None, None, 8)
-    model = keras.Model(inputs, outputs)
+    model = functional_model(layer, 5, out_channels=8)
     for size in [(33, 47), (20, 13), (6, 6)]:
         x = random_input((1, *size, 5), seed=size[0])
         y = model.predict(x, verbose=0)
@@ -190,7 +167,7 @@ def test_inputs_smaller_than_largest_bin_work(size):
     # Decision: no error; PyTorch's adaptive bins overlap, every bin is non-empty.
     layer = PSP(filters=4, bins=(1, 2, 3, 6))
     layer.build((None, None, None, 3))
-    randomise_bn_statistics(layer)
+    randomize_batch_norms(layer)
     y = layer(random_input((2, *size, 3)), training=False).numpy()
     assert y.shape == (2, *size, 4)
     assert np.isfinite(y).all()
@@ -200,7 +177,7 @@ def test_branch_activation_and_half_pixel_variant():
     layer = PSP(filters=6, bins=(1, 3), branch_filters=4, branch_activation="relu",
                 align_corners=False, dropout=0.0)
     layer.build((None, None, None, 5))
-    randomise_bn_statistics(layer, seed=3)
+    randomize_batch_norms(layer, seed=3)
     x = tf.constant(random_input((2, 11, 9, 5), seed=4))
     assert layer.stage_convs[0].filters == 4
     assert layer.bottleneck_conv.kernel.shape == (3, 3, 2 * 4 + 5, 6)
@@ -217,45 +194,25 @@ def test_branch_activation_and_half_pixel_variant():
 def test_get_config_from_config_round_trip():
     layer = PSP(filters=8, bins=(1, 3), branch_filters=4, branch_activation="relu",
                 dropout=0.2, align_corners=False, name="psp_rt")
-    x = random_input((2, 9, 10, 5))
-    y = layer(x, training=False)
-    config = layer.get_config()
-    clone = PSP.from_config(config)
-    assert clone.get_config() == config
-    clone.build((None, None, None, 5))
-    clone.set_weights(layer.get_weights())
-    np.testing.assert_array_equal(clone(x, training=False), y)
+    assert_clone_matches(layer, random_input((2, 9, 10, 5)), build_shape=(None, None, None, 5),
+                         training=False)
 
 
 def test_keras_save_load_round_trip(tmp_path):
     layer, fixture = loaded_fixture_psp()
-    inputs = keras.Input((None, None, 64))
-    model = keras.Model(inputs, layer(inputs))
-    path = tmp_path / "psp.keras"
-    model.save(path)
-    restored = keras.saving.load_model(path)
-    restored_layer = restored.layers[-1]
-    assert isinstance(restored_layer, PSP)
-    assert restored_layer.get_config() == layer.get_config()
-    for x, _ in fixture.cases:
-        np.testing.assert_array_equal(
-            restored.predict(x, verbose=0), model.predict(x, verbose=0)
-        )
+    model = functional_model(layer, 64)
+    inputs = [x for x, _ in fixture.cases]
+    assert_keras_round_trip(model, tmp_path / "psp.keras", inputs, PSP, layer=layer)
 
 
 # ------------------------------------------------------------------ training
 def test_gradients_reach_every_trainable_weight():
     layer = PSP(filters=6, bins=(1, 2, 3, 6))
-    x = tf.constant(random_input((2, 13, 11, 4)))
-    with tf.GradientTape() as tape:
-        y = layer(x, training=True)
-        loss = tf.reduce_sum(y * tf.constant(random_input(y.shape, seed=1)))
-    grads = tape.gradient(loss, layer.trainable_weights)
+    x = random_input((2, 13, 11, 4))
+    grads = projected_gradients(layer, x, lambda y: random_input(y.shape, seed=1))
     # per stage and for the bottleneck: conv kernel, BN gamma, BN beta
     assert len(layer.trainable_weights) == 3 * (len(layer.bins) + 1)
-    for weight, grad in zip(layer.trainable_weights, grads):
-        assert grad is not None, weight.path
-        assert float(tf.reduce_max(tf.abs(grad))) > 0.0, weight.path
+    assert_gradients(layer.trainable_weights, grads)
 
 
 def test_mixed_bfloat16(mixed_bfloat16):
@@ -266,8 +223,7 @@ def test_mixed_bfloat16(mixed_bfloat16):
         y = layer(x, training=False)
         assert y.dtype == tf.bfloat16
         assert_close_relative(tf.cast(y, tf.float32), expected, rtol=2e-2)
-    inputs = keras.Input((None, None, 64))
-    model = keras.Model(inputs, layer(inputs))
+    model = functional_model(layer, 64)
     assert model.predict(fixture.cases[1][0], verbose=0).shape == (1, 21, 29, 16)
     with tf.GradientTape() as tape:
         loss = tf.reduce_sum(tf.cast(layer(fixture.cases[1][0], training=True), tf.float32))
@@ -276,12 +232,8 @@ def test_mixed_bfloat16(mixed_bfloat16):
 
 # -------------------------------------------------------------------- errors
 def test_bad_inputs_raise_clear_errors():
-    with pytest.raises(ValueError, match="4D NHWC"):
-        PSP(filters=4)(tf.zeros((2, 8, 3)))
-    with pytest.raises(ValueError, match="4D NHWC"):
-        PSP(filters=4).compute_output_shape((2, 8, 8, 8, 3))
-    with pytest.raises(ValueError, match="channel dimension"):
-        PSP(filters=4).build((None, None, None, None))
+    assert_rejects_bad_nhwc(lambda: PSP(filters=4), bad_rank_shape=(2, 8, 8, 8, 3),
+                            unknown_channels_shape=(None, None, None, None))
     with pytest.raises(ValueError, match="bins"):
         PSP(bins=(1, 0))
     with pytest.raises(ValueError, match="bins"):

@@ -42,6 +42,35 @@ _PAPER_MODEL = dict(
     cache=False,
 )
 
+# The small from-scratch recipe of `default` and `camvid` (trains on 2 CPU cores).
+_CPU_RECIPE = dict(
+    backbone="resnet_small",
+    head_channels=64,
+    aspp_filters=32,
+    steps=300,
+    batch_size=8,
+    lr=0.05,
+    weight_decay=1e-4,
+    loss="ce",
+    checkpoint_every=50,
+)
+
+# Shared by every preset built on the paper's model (besides the model itself).
+_PAPER_RECIPE = dict(_PAPER_MODEL, scale_range=(0.5, 2.0), checkpoint_every=1000)
+
+# ADE20K / PASCAL Context / COCO-Stuff: the settings common in the GALD/DANet line of work.
+_BENCHMARK_RECIPE = dict(crop_size=(512, 512), batch_size=16, weight_decay=1e-4, loss="ce")
+
+
+def _paper_preset(name, **overrides):
+    """A `TrainConfig` for dataset `name` (also its name) with the paper's model.
+
+    `_PAPER_RECIPE` gives the model and the shared training fields; `overrides`
+    (any `TrainConfig` field, `dataset` included) win over both.
+    """
+    return TrainConfig(**{"name": name, "dataset": name, **_PAPER_RECIPE, **overrides})
+
+
 PRESETS = {
     "default": TrainConfig(
         name="default",
@@ -51,22 +80,12 @@ PRESETS = {
         synthetic_size=(96, 128),
         crop_size=(96, 128),
         scale_range=(0.75, 1.25),
-        backbone="resnet_small",
-        head_channels=64,
-        aspp_filters=32,
-        steps=300,
-        batch_size=8,
-        lr=0.05,
-        weight_decay=1e-4,
-        loss="ce",
-        checkpoint_every=50,
+        **_CPU_RECIPE,
         notes="synthetic scenes; tuned for ~3 min on 2 CPU cores",
     ),
-    "cityscapes": TrainConfig(
-        name="cityscapes",
-        dataset="cityscapes",
+    "cityscapes": _paper_preset(
+        "cityscapes",
         crop_size=(832, 832),
-        scale_range=(0.5, 2.0),
         batch_size=8,
         lr=0.01,
         weight_decay=5e-4,
@@ -74,10 +93,8 @@ PRESETS = {
         loss="ohem",
         ohem_thresh=0.7,
         ohem_min_kept=100000,
-        checkpoint_every=1000,
         eval_every=10000,
         notes="GALD paper recipe; authors' code scales 0.7-2.1 (paper 0.5-2.0)",
-        **_PAPER_MODEL,
     ),
     "camvid": TrainConfig(
         name="camvid",
@@ -87,60 +104,31 @@ PRESETS = {
         scale_step=None,
         photometric=False,
         cache=True,
-        backbone="resnet_small",
-        head_channels=64,
-        aspp_filters=32,
         dropout=0.0,
-        steps=300,
-        batch_size=8,
-        lr=0.05,
-        weight_decay=1e-4,
-        loss="ce",
-        checkpoint_every=50,
         eval_scale=0.375,
+        **_CPU_RECIPE,
         notes="from-scratch low-resolution CamVid recipe for CPUs (not the paper's)",
     ),
-    "ade20k": TrainConfig(
-        name="ade20k",
-        dataset="ade20k",
-        crop_size=(512, 512),
-        scale_range=(0.5, 2.0),
-        batch_size=16,
+    "ade20k": _paper_preset(
+        "ade20k",
+        **_BENCHMARK_RECIPE,
         lr=0.01,
-        weight_decay=1e-4,
         steps=100000,
-        loss="ce",
-        checkpoint_every=1000,
         notes="common ADE20K settings, not verified against the authors' code",
-        **_PAPER_MODEL,
     ),
-    "pascal_context": TrainConfig(
-        name="pascal_context",
-        dataset="pascal_context",
-        crop_size=(512, 512),
-        scale_range=(0.5, 2.0),
-        batch_size=16,
+    "pascal_context": _paper_preset(
+        "pascal_context",
+        **_BENCHMARK_RECIPE,
         lr=0.001,
-        weight_decay=1e-4,
         steps=30000,
-        loss="ce",
-        checkpoint_every=1000,
         notes="common PASCAL Context settings, not verified against the authors' code",
-        **_PAPER_MODEL,
     ),
-    "coco_stuff": TrainConfig(
-        name="coco_stuff",
-        dataset="coco_stuff",
-        crop_size=(512, 512),
-        scale_range=(0.5, 2.0),
-        batch_size=16,
+    "coco_stuff": _paper_preset(
+        "coco_stuff",
+        **_BENCHMARK_RECIPE,
         lr=0.001,
-        weight_decay=1e-4,
         steps=60000,
-        loss="ce",
-        checkpoint_every=1000,
         notes="common COCO-Stuff settings, not verified against the authors' code",
-        **_PAPER_MODEL,
     ),
 }
 

@@ -1,0 +1,216 @@
+"""Helpers shared by the layer tests in `tests/layers` (not collected: no `test_` prefix)."""
+
+import contextlib
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_gald.convert.torch_weights import StateDict
+from tests.conftest import OfficialFixture, assert_close_relative
+
+
+# ------------------------------------------------------------------------ inputs
+def random_input(shape, seed=0):
+    """Standard-normal float32 array from `np.random.default_rng(seed)`."""
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def random_input_legacy(shape, seed=1):
+    """Standard-normal float32 array from the legacy `np.random.RandomState(seed)`."""
+    return np.random.RandomState(seed).normal(size=shape).astype("float32")
+
+
+# ----------------------------------------------------------------------- weights
+def randomize_weights(layer, seed=0):
+    """Assigns random values to every weight (positive for scales/variances)."""
+    rng = np.random.RandomState(seed)
+    for w in layer.weights:
+        shape = tuple(w.shape)
+        if w.path.endswith(("gamma", "moving_variance")):
+            value = rng.uniform(0.5, 1.5, shape)
+        else:
+            value = rng.normal(0.0, 0.3, shape)
+        w.assign(value.astype("float32"))
+
+
+def randomize_batch_norms(layer, seed=0):
+    """Random gamma, beta and moving statistics for every BatchNormalization below `layer`."""
+    rng = np.random.default_rng(seed)
+    for sub in layer._flatten_layers(include_self=False):
+        if isinstance(sub, keras.layers.BatchNormalization):
+            c = sub.gamma.shape[0]
+            sub.gamma.assign(rng.uniform(0.5, 1.5, c).astype(np.float32))
+            sub.beta.assign(rng.normal(0, 0.1, c).astype(np.float32))
+            sub.moving_mean.assign(rng.normal(0, 0.1, c).astype(np.float32))
+            sub.moving_variance.assign(rng.uniform(0.5, 1.5, c).astype(np.float32))
+
+
+# ---------------------------------------------------------------------- fixtures
+def load_fixture_into(fixture_name, layer, loader):
+    """Loads the authors' fixture `fixture_name` into `layer` with `loader`.
+
+    Skips (or fails) as `tests.conftest.require_shared` does when `../shared`
+    lacks the fixture; asserts that the loader used every key. Returns the
+    `OfficialFixture`.
+    """
+    fixture = OfficialFixture(fixture_name)
+    state_dict = loader(layer, StateDict(fixture.state_dict))
+    assert state_dict.unused() == [], state_dict.unused()
+    return fixture
+
+
+def assert_cases_close(predict, cases, rtol=1e-4):
+    """`assert_close_relative(predict(x), expected, rtol)` for every `(x, expected)` case."""
+    for x, expected in cases:
+        assert_close_relative(predict(x), expected, rtol=rtol)
+
+
+# ------------------------------------------------------------- models, policies
+def functional_model(layer, channels, out_channels=None):
+    """`keras.Model` of `layer` on an NHWC input of unknown batch, height and width.
+
+    With `out_channels`, also asserts the symbolic output shape is
+    `(None, None, None, out_channels)`.
+    """
+    inputs = keras.Input((None, None, channels))
+    outputs = layer(inputs)
+    if out_channels is not None:
+        assert tuple(outputs.shape) == (None, None, None, out_channels), outputs.shape
+    return keras.Model(inputs, outputs)
+
+
+@contextlib.contextmanager
+def global_policy(name):
+    """Sets the global Keras dtype policy to `name`; restores "float32" on exit."""
+    keras.mixed_precision.set_global_policy(name)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def bfloat16_twin(make_layer, x, seed):
+    """A float32 layer with `randomize_weights(seed)` and a mixed_bfloat16 copy of it.
+
+    `make_layer()` builds a fresh layer under the global policy. Returns
+    `(bfloat16_layer, float32_output_on_x)` and leaves the global policy at
+    "mixed_bfloat16" (run inside `global_policy`, which restores it).
+    """
+    keras.mixed_precision.set_global_policy("float32")
+    reference = make_layer()
+    reference.build(x.shape)
+    randomize_weights(reference, seed=seed)
+    expected = reference(x).numpy()
+
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    layer = make_layer()
+    layer.build(x.shape)
+    layer.set_weights(reference.get_weights())
+    return layer, expected
+
+
+# ----------------------------------------------------------------- serialization
+def config_round_trip(layer):
+    """`type(layer).from_config(layer.get_config())`, asserted to give back the same config."""
+    config = layer.get_config()
+    clone = type(layer).from_config(config)
+    assert clone.get_config() == config
+    return clone
+
+
+def assert_clone_matches(layer, x, build_shape=None, **call_kwargs):
+    """A `config_round_trip` clone with `layer`'s weights computes the same output, bit for bit.
+
+    The clone is built with `build_shape`, or by calling it on `x` when that is
+    None; `call_kwargs` (e.g. `training=False`) go to every call. Returns the clone.
+    """
+    expected = layer(x, **call_kwargs)
+    clone = config_round_trip(layer)
+    if build_shape is None:
+        clone(x, **call_kwargs)
+    else:
+        clone.build(build_shape)
+    clone.set_weights(layer.get_weights())
+    np.testing.assert_array_equal(clone(x, **call_kwargs), expected)
+    return clone
+
+
+def assert_keras_round_trip(model, path, inputs, layer_type, layer=None, layer_name=None,
+                            predict=True):
+    """Saves `model` to the `.keras` file `path`, loads it back and compares.
+
+    The restored layer (`layer_name`, else the model's last layer) must be a
+    `layer_type`, with `layer`'s config when `layer` is given; for every `x` in
+    `inputs` the restored model's output must equal the original's bit for bit
+    (`model.predict`, or a plain call with `predict=False`). Returns the
+    original model's outputs, in the order of `inputs`.
+    """
+    model.save(path)
+    restored = keras.saving.load_model(path)
+    restored_layer = restored.get_layer(layer_name) if layer_name else restored.layers[-1]
+    assert isinstance(restored_layer, layer_type), type(restored_layer)
+    if layer is not None:
+        assert restored_layer.get_config() == layer.get_config()
+    if predict:
+        run = lambda m, x: m.predict(x, verbose=0)  # noqa: E731
+    else:
+        run = lambda m, x: m(x)  # noqa: E731
+    outputs = []
+    for x in inputs:
+        expected = run(model, x)
+        np.testing.assert_array_equal(run(restored, x), expected)
+        outputs.append(expected)
+    return outputs
+
+
+# --------------------------------------------------------------------- gradients
+def projected_gradients(layer, x, projection, training=True, jit_compile=False):
+    """Gradients of `sum(float32(layer(x)) * projection)` w.r.t. `layer.trainable_weights`.
+
+    `projection` is an array (or tensor), or a callable taking the float32
+    output and returning one. With `jit_compile=True` the step runs under
+    `tf.function(jit_compile=True)`, as `model.fit` does by default.
+    """
+
+    def step(x):
+        with tf.GradientTape() as tape:
+            y = tf.cast(layer(x, training=training), tf.float32)
+            weights = projection(y) if callable(projection) else projection
+            loss = tf.reduce_sum(y * weights)
+        return tape.gradient(loss, layer.trainable_weights)
+
+    if jit_compile:
+        step = tf.function(step, jit_compile=True)
+    return step(tf.convert_to_tensor(x))
+
+
+def assert_gradients(weights, grads, nonzero=True, finite=False, dtype=None):
+    """Every weight has a gradient: not None, of `dtype` (if given), finite (`finite=True`)
+    and not all zero (`nonzero=True`). Failures name the weight's path."""
+    for weight, grad in zip(weights, grads):
+        assert grad is not None, weight.path
+        if dtype is not None:
+            assert grad.dtype == dtype, (weight.path, grad.dtype)
+        value = np.asarray(grad)
+        if finite:
+            assert np.isfinite(value).all(), weight.path
+        if nonzero:
+            assert np.abs(value).max() > 0.0, weight.path
+
+
+# ------------------------------------------------------------------------ errors
+def assert_rejects_bad_nhwc(make_layer, bad_rank_shape=(2, 8, 8, 8, 3),
+                            unknown_channels_shape=(None, 8, 8, None)):
+    """A fresh `make_layer()` raises the library's clear ValueErrors for bad shapes.
+
+    Calling on a 3D tensor and `compute_output_shape(bad_rank_shape)` must say
+    "4D NHWC"; `build(unknown_channels_shape)` must name the "channel dimension".
+    """
+    with pytest.raises(ValueError, match="4D NHWC"):
+        make_layer()(tf.zeros((2, 8, 3)))
+    with pytest.raises(ValueError, match="4D NHWC"):
+        make_layer().compute_output_shape(bad_rank_shape)
+    with pytest.raises(ValueError, match="channel dimension"):
+        make_layer().build(unknown_channels_shape)
