@@ -1,12 +1,13 @@
 """Speed of keras_gald on this machine, against its own peak and PyTorch (issue #8).
 
-Measures, in one run (medians of `--repeats` timed calls after warm-up calls;
-the first call, which includes tracing / XLA compilation, is reported
+Measures, in one run (medians of `--repeats` timed calls after `--warmup`
+calls; the first call, which includes tracing / XLA compilation, is reported
 separately as `first_ms`):
 
 1. `peak`: the machine's attainable throughput - a large matmul and a large
-   3x3 conv (256 -> 256 channels) in TF, fp32 and bf16, GFLOP/s; the same in
-   PyTorch (fp32) when available.
+   3x3 conv (256 -> 256 channels, 128x128 map) in TF, fp32 and bf16, GFLOP/s
+   (median and best call; the best call is the peak the other rows are
+   compared with); the same in PyTorch (fp32) when available.
 2. `forward`: latency of one image (batch 1, 512x512 by default) for each
    configuration (`--configs`) and mode (`--modes`): `fp32` (`tf.function`),
    `fp32_xla` (`tf.function(jit_compile=True)`), `bf16` (Keras policy
@@ -18,7 +19,9 @@ separately as `first_ms`):
 4. `train`: one SGD step (momentum 0.9; cross-entropy with ignore label 255,
    plus 0.4 x the auxiliary head's loss when the model has one, i.e.
    `Segmenter.compile` defaults) at 128x128, batch 2, via
-   `model.train_on_batch`, for the same modes.
+   `model.train_on_batch` (`compile(jit_compile=...)` for `fp32_xla`), for
+   the same modes and `--train-configs` (official_v1 needs >= 111 pixels, so
+   it trains at 128 even when `--train-size` is smaller).
 5. `ldv2_block`: the LDv2 layer alone (default config, 64x64 map, X_g 256 +
    X_l 256 = 512 input channels, batch 1), forward and forward+backward,
    `impl="slices"` (fast) vs `impl="patches"` (reference), graph and XLA;
@@ -39,7 +42,14 @@ separately as `first_ms`):
    `torch.inference_mode()`; with `--torch-compile` also `torch.compile`d;
    and the same training step. Torch uses as many threads as TF
    (`--threads`). Rows give Keras/PyTorch time ratios (>1: Keras slower).
-   Parameter counts of both are compared for every configuration.
+   Parameter counts of both are compared for every configuration. On a
+   machine shared with other jobs PyTorch's OpenMP threads, which spin while
+   they wait for each other, can run 10-40x slower than on an idle one;
+   OMP_WAIT_POLICY=PASSIVE avoids that, at a small cost on an idle machine.
+   `--omp-wait-policy auto` (default) sets it when the load average at start
+   exceeds half the usable CPUs (and never overrides an OMP_WAIT_POLICY
+   already in the environment); `passive` always, `unchanged` never. The
+   policy used is recorded in the JSON (`machine.OMP_WAIT_POLICY`).
 
 FLOPs: counted on the traced fp32 inference graph (`tf.function` concrete
 function with static shapes) by walking its ops: Conv2D, DepthwiseConv2dNative,
@@ -48,14 +58,22 @@ ops (BN, ReLU, resize, softmax, LDv2's weighted sum) are not in that count; the
 TF profiler's total float-op count of the same graph, which adds the
 element-wise ops it knows, is stored as `tf_profiler_gflop` in the JSON.
 PyTorch's own count (`torch.utils.flop_counter.FlopCounterMode`: convs and
-matmuls) is stored as `torch_gflop` to check the two networks do the same work.
+matmuls, on the "meta" device) is stored as `torch_gflop` to check the two
+networks do the same work; they agree except for LDv2, whose Keras logits are
+a matmul with a ones column (counted) where the torch twin sums a product
+(not counted): 2*H*W*256*25 FLOPs, ~0.01% of the network.
 
 Usage (from the repository root; `pip install -e .[bench]` for PyTorch):
-    python benchmarks/speed.py --quick                  # smoke test, ~minutes
+    python benchmarks/speed.py --quick                  # smoke test, ~3-5 min on 2 cores
     python benchmarks/speed.py                          # default set
     python benchmarks/speed.py --configs r50_aspp,r50_aspp_ldv2 --modes fp32,fp32_xla
     python benchmarks/speed.py --sections peak,ldv2_block,memory --repeats 10
     python benchmarks/speed.py --large --torch-compile --json runs/speed_full.json
+
+The default set is long on a small CPU (R50 ASPP+LDv2 at 512x512 is ~460
+GFLOP per forward; hours on 2 cores): trim it with `--configs`, `--modes`,
+`--sections`, `--repeats`. Results are written to the JSON after every
+configuration, so an interrupted run keeps what it measured.
 
 Configurations (`--configs`, comma-separated; also `default`, `quick`, `all`):
 `{tiny,r50,r101}_{backbone,fcn,aspp,aspp_ldv1,aspp_ldv2,cgnl_ldv1}` (GALD
@@ -135,7 +153,7 @@ SETTINGS = {
     "peak_matmul": (2048, 512),
     "peak_conv": (128, 64),
     "repeats": (5, 2),
-    "warmup": (2, 1),
+    "warmup": (1, 1),
 }
 
 
@@ -199,12 +217,6 @@ def machine_info(threads, torch_mod):
     mem_total = None
     if "MemTotal:" in meminfo:
         mem_total = round(int(meminfo[meminfo.index("MemTotal:") + 1]) / 2**20, 1)
-    try:
-        from tensorflow.python.util import _pywrap_util_port
-
-        onednn = bool(_pywrap_util_port.IsMklEnabled())
-    except Exception:  # noqa: BLE001 - private API, informational only
-        onednn = None
     info = {
         "cpu_model": model,
         "cpu_flags": interesting,
@@ -217,8 +229,10 @@ def machine_info(threads, torch_mod):
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
         "numpy": np.__version__,
-        "tf_onednn_enabled": onednn,
+        # TF turns oneDNN on by itself only on CPUs with AVX512-VNNI/BF16 or AMX;
+        # elsewhere it runs Eigen kernels unless this is set to 1.
         "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
         "tf_intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
         "tf_inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
         "tf_devices": [d.name for d in tf.config.list_logical_devices()],
@@ -376,10 +390,18 @@ def count_flops(concrete_fn):
     }
 
 
-def torch_flops(torch, model, images):
+def torch_flops(torch, torch_ref, cfg, height, width):
+    """GFLOP of the torch twin's forward (FlopCounterMode: convs and matmuls).
+
+    Runs on the "meta" device: shapes only, no arithmetic, so even the
+    1024x2048 networks are counted in a second.
+    """
     try:
         from torch.utils.flop_counter import FlopCounterMode
 
+        with torch.device("meta"):
+            model = build_torch(torch_ref, cfg).eval()
+            images = torch.empty(1, 3, height, width)
         with torch.inference_mode(), FlopCounterMode(display=False) as counter:
             model(images)
         return counter.get_total_flops() / 1e9
@@ -389,6 +411,12 @@ def torch_flops(torch, model, images):
 
 
 # --------------------------------------------------------------- 1. peak
+
+
+def _peak_rates(flops, timing):
+    # The peak is what the machine can reach: the best call, not the median.
+    return dict(gflop=flops / 1e9, gflop_s=flops / 1e9 / (timing["ms"] / 1e3),
+                gflop_s_best=flops / 1e9 / (timing["ms_min"] / 1e3), **timing)
 
 
 def measure_peak(args, torch, results):
@@ -424,10 +452,10 @@ def measure_peak(args, torch, results):
                                  error=str(exc)[:200]))
                 continue
             row = dict(framework="tf", op=op_name, dtype=dtype_name, shape=shape,
-                       gflop=flops / 1e9, gflop_s=flops / 1e9 / (timing["ms"] / 1e3), **timing)
+                       **_peak_rates(flops, timing))
             rows.append(row)
             log(f"[peak] tf {op_name:7s} {dtype_name}: {row['ms']:.1f} ms, "
-                f"{row['gflop_s']:.1f} GFLOP/s")
+                f"{row['gflop_s']:.1f} GFLOP/s (best call {row['gflop_s_best']:.1f})")
     if torch is not None:
         import torch.nn.functional as F
 
@@ -443,18 +471,18 @@ def measure_peak(args, torch, results):
             with torch.inference_mode():
                 timing = time_calls(fn, args.warmup, args.repeats)
             row = dict(framework="torch", op=op_name, dtype="fp32", shape=shape,
-                       gflop=flops / 1e9, gflop_s=flops / 1e9 / (timing["ms"] / 1e3), **timing)
+                       **_peak_rates(flops, timing))
             rows.append(row)
             log(f"[peak] torch {op_name:7s} fp32: {row['ms']:.1f} ms, "
-                f"{row['gflop_s']:.1f} GFLOP/s")
+                f"{row['gflop_s']:.1f} GFLOP/s (best call {row['gflop_s_best']:.1f})")
     results["peak"] = rows
 
 
 def conv_peak(results, dtype):
-    """TF's conv GFLOP/s for `dtype` ("fp32" / "bf16") from the peak section, or None."""
+    """TF's best conv GFLOP/s for `dtype` ("fp32" / "bf16") from the peak section, or None."""
     for row in results.get("peak", []):
         if row["framework"] == "tf" and row["op"] == "conv3x3" and row["dtype"] == dtype:
-            return row.get("gflop_s")
+            return row.get("gflop_s_best")
     return None
 
 
@@ -507,48 +535,51 @@ def measure_forward(args, torch, torch_ref, results):
     rows = results.setdefault("forward", [])
     for name, cfg, (height, width) in _forward_jobs(args):
         images = tf.random.uniform((1, height, width, 3), seed=0)
-        config_rows, flops = [], None
+        config_rows, models = [], {}
+
+        def model_for(policy):
+            # fp32 and fp32_xla share one fp32 build; bf16 needs its own (the
+            # policy is read when layers are created).
+            if policy not in models:
+                set_policy(policy)
+                try:
+                    models[policy] = build_keras(cfg, height, width)
+                finally:
+                    set_policy("fp32")
+            return models[policy]
+
         for mode in args.modes:
             log(f"[forward] {name} {mode} {height}x{width} ...")
             row = dict(config=name, mode=mode, input=f"1x{height}x{width}")
-            set_policy(mode)
-            model = None
             try:
-                model = build_keras(cfg, height, width)
-                fn = _inference_fn(model, jit=mode == "fp32_xla")
+                fn = _inference_fn(model_for("bf16" if mode == "bf16" else "fp32"),
+                                   jit=mode == "fp32_xla")
                 row.update(time_calls(lambda: _sync_tf(fn(images)), args.warmup, args.repeats))
-                if flops is None and mode != "bf16":
-                    # The fp32 graph (XLA compiles the same graph): trace it without XLA.
-                    flops = count_flops(_inference_fn(model).get_concrete_function(images))
+                log(f"    {row['ms']:.1f} ms (first call {row['first_ms']:.0f} ms)")
             except Exception as exc:  # noqa: BLE001 - keep the run going, report it
                 row["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
                 log(f"    FAILED: {row['error']}")
-            finally:
-                set_policy("fp32")
             config_rows.append(row)
-            if "ms" in row:
-                log(f"    {row['ms']:.1f} ms (first call {row['first_ms']:.0f} ms)")
-            if model is not None and name not in results.get("params", {}):
-                # One Keras build per config is enough for the parameter check: reuse this one.
+
+        flops = None
+        try:
+            # Counted on the fp32 graph traced without XLA (XLA compiles that same graph).
+            flops = count_flops(_inference_fn(model_for("fp32")).get_concrete_function(images))
+            if name not in results.get("params", {}):
                 torch_model = build_torch(torch_ref, cfg) if torch_ref is not None else None
-                _record_params(results, name, model, torch_model, torch_ref)
+                _record_params(results, name, model_for("fp32"), torch_model, torch_ref)
                 del torch_model
-            del model
-            fresh_session()
-        if flops is None:  # only bf16 was timed: count on a separate fp32 build
-            try:
-                model = build_keras(cfg, height, width)
-                flops = count_flops(_inference_fn(model).get_concrete_function(images))
-            except Exception as exc:  # noqa: BLE001
-                log(f"    FLOP count failed: {type(exc).__name__}: {exc}")
-            model = None
-            fresh_session()
+        except Exception as exc:  # noqa: BLE001
+            log(f"    FLOP / parameter count failed: {type(exc).__name__}: {exc}")
+        models.clear()
+        fresh_session()
         for row in config_rows:
             _add_flops(row, flops, results)
             if "gflop_s" in row:
+                share = row.get("pct_conv_peak")
                 log(f"    {name} {row['mode']}: {row['gflop']:.2f} GFLOP, "
-                    f"{row['gflop_s']:.1f} GFLOP/s, "
-                    f"{_fmt(row.get('pct_conv_peak'), '.0f')}% of conv peak")
+                    f"{row['gflop_s']:.1f} GFLOP/s"
+                    + ("" if share is None else f", {share:.0f}% of conv peak"))
         rows.extend(config_rows)
         if torch is not None:
             _torch_forward(args, torch, torch_ref, name, cfg, height, width, rows, results, flops)
@@ -570,14 +601,26 @@ def _add_flops(row, flops, results):
             row["pct_conv_peak"] = 100.0 * row["gflop_s"] / peak
 
 
+def compile_torch(torch, model):
+    """`torch.compile` with static shapes and a fresh Dynamo cache.
+
+    Dynamo caches per code object (`Bottleneck.forward`, ...) across models:
+    without a reset, a new input size marks dimensions dynamic (an Inductor
+    error in LDv2's reductions) and after 8 recompilations it silently falls
+    back to eager.
+    """
+    torch._dynamo.reset()
+    return torch.compile(model, dynamic=False)
+
+
 def _torch_forward(args, torch, torch_ref, name, cfg, height, width, rows, results, flops):
     torch.manual_seed(0)
     model = build_torch(torch_ref, cfg).eval().to(memory_format=torch.channels_last)
     images = torch.rand(1, 3, height, width).contiguous(memory_format=torch.channels_last)
-    t_flops = torch_flops(torch, model, images)
+    t_flops = torch_flops(torch, torch_ref, cfg, height, width)
     variants = [("torch_eager", model)]
     if args.torch_compile:
-        variants.append(("torch_compile", torch.compile(model)))
+        variants.append(("torch_compile", compile_torch(torch, model)))
     for mode, net in variants:
         log(f"[forward] {name} {mode} {height}x{width} ...")
         row = dict(config=name, mode=mode, input=f"1x{height}x{width}", torch_gflop=t_flops)
@@ -602,16 +645,26 @@ def _torch_forward(args, torch, torch_ref, name, cfg, height, width, rows, resul
         if "ms" in row:
             log(f"    {row['ms']:.1f} ms (first call {row['first_ms']:.0f} ms), "
                 f"torch-counted {_fmt(t_flops, '.2f')} GFLOP")
-    # Keras/torch ratios for this config's Keras rows.
-    reference = next((r for r in rows if r["config"] == name and r["mode"] == "torch_eager"
-                      and r["input"] == f"1x{height}x{width}" and "ms" in r), None)
-    for row in rows:
-        if (reference and row["config"] == name and row["input"] == reference["input"]
-                and row["mode"] in MODES and "ms" in row):
-            row["torch_eager_ms"] = reference["ms"]
-            row["keras_over_torch"] = row["ms"] / reference["ms"]
+    attach_torch_ratios(rows, name, f"1x{height}x{width}")
     del model, variants
     gc.collect()
+
+
+def attach_torch_ratios(rows, name, size):
+    """Adds `torch_eager_ms`, `keras_over_torch` (and the `torch_compile`
+    equivalents) to the Keras rows of config `name` at input `size`."""
+    same = [r for r in rows if r["config"] == name and r["input"] == size and "ms" in r]
+    for torch_mode, ms_key, ratio_key in (
+        ("torch_eager", "torch_eager_ms", "keras_over_torch"),
+        ("torch_compile", "torch_compile_ms", "keras_over_torch_compile"),
+    ):
+        reference = next((r for r in same if r["mode"] == torch_mode), None)
+        if reference is None:
+            continue
+        for row in same:
+            if row["mode"] in MODES:
+                row[ms_key] = reference["ms"]
+                row[ratio_key] = row["ms"] / reference["ms"]
 
 
 def ld_overhead(results):
@@ -650,8 +703,7 @@ def measure_train(args, torch, torch_ref, results):
 
     rows = results.setdefault("train", [])
     rng = np.random.default_rng(0)
-    names = [n for n in args.configs if CONFIGS[n]["kind"] != "backbone"]
-    for name in names:
+    for name in args.train_configs:
         cfg = CONFIGS[name]
         size = args.train_size
         if size < min_input_size(cfg):
@@ -699,7 +751,7 @@ def _torch_train(args, torch, torch_ref, name, cfg, images_np, labels_np, rows):
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     variants = [("torch_eager", model)]
     if args.torch_compile:
-        variants.append(("torch_compile", torch.compile(model)))
+        variants.append(("torch_compile", compile_torch(torch, model)))
     batch, size = images_np.shape[0], images_np.shape[1]
     for mode, net in variants:
         log(f"[train] {name} {mode} {batch}x{size}x{size} ...")
@@ -720,12 +772,7 @@ def _torch_train(args, torch, torch_ref, name, cfg, images_np, labels_np, rows):
         rows.append(row)
         if "ms" in row:
             log(f"    {row['ms']:.1f} ms/step (first call {row['first_ms']:.0f} ms)")
-    reference = next((r for r in rows if r["config"] == name and r["mode"] == "torch_eager"
-                      and "ms" in r), None)
-    for row in rows:
-        if reference and row["config"] == name and row["mode"] in MODES and "ms" in row:
-            row["torch_eager_ms"] = reference["ms"]
-            row["keras_over_torch"] = row["ms"] / reference["ms"]
+    attach_torch_ratios(rows, name, f"{batch}x{size}x{size}")
     del model, optimizer, variants
     gc.collect()
 
@@ -745,7 +792,7 @@ def measure_ldv2_block(args, torch, torch_ref, results):
     xl = tf.constant(rng.standard_normal((1, s, s, 256)), tf.float32)
     layers = {impl: LDv2(impl=impl, name=f"ldv2_{impl}") for impl in ("slices", "patches")}
     for layer in layers.values():
-        layer.build([xg.shape, xl.shape])
+        layer.build([tuple(xg.shape), tuple(xl.shape)])
     layers["patches"].set_weights(layers["slices"].get_weights())
 
     def make(layer, backward):
@@ -829,7 +876,7 @@ def memory_child(spec):
         layer = LDv2(impl=spec["block"].split("_")[1], name="ldv2")
         xg = tf.random.normal((n, h, w, 256), seed=1)  # X_g: the ASPP output
         inputs = [xg, x]
-        layer.build([xg.shape, x.shape])
+        layer.build([tuple(xg.shape), tuple(x.shape)])
         call = lambda xs, training: layer(list(xs), training=training)  # noqa: E731
 
     if spec["pass"] == "fwd":
@@ -909,10 +956,12 @@ def print_tables(results):
     peak = results.get("peak", [])
     if peak:
         log("\n== Peak (GFLOP/s, median) ==")
-        log(f"{'framework':<10}{'op':<9}{'dtype':<6}{'shape':<24}{'ms':>9}{'GFLOP/s':>10}")
+        log(f"{'framework':<10}{'op':<9}{'dtype':<6}{'shape':<24}{'ms':>9}{'GFLOP/s':>10}"
+            f"{'best':>8}")
         for r in peak:
             log(f"{r['framework']:<10}{r['op']:<9}{r['dtype']:<6}{r['shape']:<24}"
-                f"{_fmt(r.get('ms'), '.2f'):>9}{_fmt(r.get('gflop_s'), '.1f'):>10}")
+                f"{_fmt(r.get('ms'), '.2f'):>9}{_fmt(r.get('gflop_s'), '.1f'):>10}"
+                f"{_fmt(r.get('gflop_s_best'), '.1f'):>8}")
 
     params = results.get("params", {})
     if params:
@@ -961,7 +1010,7 @@ def print_tables(results):
     if overhead:
         log("\n== LD overhead (forward time ratio to ASPP alone) ==")
         for r in overhead:
-            log(f"{r['backbone']:<6}{r['mode']:<10}{r['input']:<14} LDv1 "
+            log(f"{r['backbone']:<6}{r['mode']:<14}{r['input']:<14} LDv1 "
                 f"{_fmt(r.get('ldv1_over_aspp'), '.3f')}  LDv2 {_fmt(r.get('ldv2_over_aspp'), '.3f')}")
 
     block = results.get("ldv2_block", [])
@@ -1011,11 +1060,14 @@ def parse_args(argv=None):
     parser.add_argument("--quick", action="store_true",
                         help="tiny sizes and the resnet_tiny configs: a smoke test")
     parser.add_argument("--configs", help="comma-separated names or default / quick / all")
+    parser.add_argument("--train-configs",
+                        help="configs of the training section (default: --configs without "
+                        "backbones; --quick without --configs: tiny_aspp_ldv2)")
     parser.add_argument("--modes", default=",".join(MODES), help=f"subset of {','.join(MODES)}")
     parser.add_argument("--sections", default=",".join(SECTIONS),
                         help=f"subset of {','.join(SECTIONS)}")
     parser.add_argument("--repeats", type=int, help="timed calls per measurement (5; quick 2)")
-    parser.add_argument("--warmup", type=int, help="untimed calls first (2; quick 1)")
+    parser.add_argument("--warmup", type=int, help="untimed calls first (1)")
     parser.add_argument("--threads", type=int,
                         default=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                         else os.cpu_count(),
@@ -1037,6 +1089,11 @@ def parse_args(argv=None):
     parser.add_argument("--torch-compile", action="store_true",
                         help="also time torch.compile'd PyTorch models")
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch")
+    parser.add_argument("--omp-wait-policy", choices=("auto", "passive", "unchanged"),
+                        default="auto",
+                        help="OMP_WAIT_POLICY=PASSIVE for PyTorch's OpenMP threads, whose "
+                        "spinning stalls badly when other processes share the cores; auto: "
+                        "only when the machine is busy at start")
     parser.add_argument("--json", default="runs/speed.json", help="output JSON path")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -1049,16 +1106,27 @@ def parse_args(argv=None):
             setattr(args, key, values[index])
     args.memory_hw = tuple(int(v) for v in str(args.memory_hw).split(","))
 
-    names = args.configs or ("quick" if args.quick else "default")
-    expanded = []
-    for name in names.split(","):
-        name = name.strip()
-        for n in CONFIG_SETS.get(name, [name]):
-            if n not in CONFIGS:
-                parser.error(f"unknown config {n!r}; choose from {', '.join(CONFIGS)}")
-            if n not in expanded:
-                expanded.append(n)
-    args.configs = expanded
+    def expand(names):
+        expanded = []
+        for name in names.split(","):
+            for n in CONFIG_SETS.get(name.strip(), [name.strip()]):
+                if n not in CONFIGS:
+                    parser.error(f"unknown config {n!r}; choose from {', '.join(CONFIGS)}")
+                if n not in expanded:
+                    expanded.append(n)
+        return expanded
+
+    configs_given = args.configs is not None
+    args.configs = expand(args.configs or ("quick" if args.quick else "default"))
+    if args.train_configs:
+        args.train_configs = expand(args.train_configs)
+    elif args.quick and not configs_given:
+        args.train_configs = ["tiny_aspp_ldv2"]  # one training config keeps --quick short
+    else:
+        args.train_configs = [n for n in args.configs if CONFIGS[n]["kind"] != "backbone"]
+    backbones = [n for n in args.train_configs if CONFIGS[n]["kind"] == "backbone"]
+    if backbones:
+        parser.error(f"--train-configs: backbones have no loss: {backbones}")
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     args.memory_blocks = [b.strip() for b in args.memory_blocks.split(",") if b.strip()]
@@ -1085,8 +1153,23 @@ def main(argv=None):
     except RuntimeError as exc:
         log(f"note: could not set TF threads ({exc})")
 
-    torch, torch_ref = (None, "disabled with --no-torch") if args.no_torch else import_torch()
     notes = []
+    load, cpus = os.getloadavg()[0], len(os.sched_getaffinity(0)) if hasattr(
+        os, "sched_getaffinity") else (os.cpu_count() or 1)
+    busy = load > 0.5 * cpus
+    if busy:
+        message = (f"machine busy (load average {load:.1f} on {cpus} CPUs): every number is "
+                   "slowed down, PyTorch's spinning OpenMP threads most of all")
+        notes.append(message)
+        log(f"WARNING: {message}")
+    if "OMP_WAIT_POLICY" not in os.environ and (
+        args.omp_wait_policy == "passive" or (args.omp_wait_policy == "auto" and busy)
+    ):
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"  # read when torch loads its OpenMP runtime
+        notes.append("OMP_WAIT_POLICY=PASSIVE set for PyTorch")
+        log("note: OMP_WAIT_POLICY=PASSIVE for PyTorch's OpenMP threads "
+            "(--omp-wait-policy unchanged to keep its default)")
+    torch, torch_ref = (None, "disabled with --no-torch") if args.no_torch else import_torch()
     if torch is None:
         notes.append(f"PyTorch skipped: {torch_ref}")
         log(f"note: PyTorch comparison skipped ({torch_ref}); "
@@ -1120,8 +1203,8 @@ def main(argv=None):
     log(f"machine: {results['machine']['cpu_model']}, {results['machine']['usable_cpus']} usable "
         f"CPUs, load {results['machine']['loadavg_start']}, TF {tf.__version__}, "
         f"threads {args.threads}" + (f", torch {torch.__version__}" if torch else ""))
-    log(f"configs: {', '.join(args.configs)} | modes: {', '.join(args.modes)} | "
-        f"sections: {', '.join(args.sections)}")
+    log(f"configs: {', '.join(args.configs)} | train: {', '.join(args.train_configs)} | "
+        f"modes: {', '.join(args.modes)} | sections: {', '.join(args.sections)}")
     started = time.perf_counter()
 
     if "peak" in args.sections:

@@ -36,6 +36,9 @@ torch==2.13.0`, i.e. `pip install -e .[bench]`):
 
 import argparse
 import math
+import os
+import pathlib
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -493,12 +496,8 @@ def main():
     parser.add_argument("--num-classes", type=int, default=19)
     args = parser.parse_args()
 
-    import os
-
+    # TensorFlow only for this check: the networks above never need it.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import pathlib
-    import sys
-
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
     from keras_gald.models import GALD, official_gald_v1
 
