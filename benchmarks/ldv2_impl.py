@@ -52,7 +52,8 @@ def _block(result):
         t.numpy()
 
 
-def _layer_fns(layer):
+def layer_fns(layer):
+    """-> (forward, forward_backward) callables of an LD layer on inputs (xg, xl)."""
     def forward(xg, xl):
         return layer([xg, xl], training=False)
 
@@ -113,7 +114,7 @@ def main():
     print(header)
     print("-" * len(header))
     for part, make, inputs in (
-        ("layer", _layer_fns, (xg, xl)),
+        ("layer", layer_fns, (xg, xl)),
         ("core", _core_fns, (q, k, v)),
     ):
         for pass_index, pass_name in enumerate(("fwd", "fwd+bwd")):

@@ -795,16 +795,10 @@ def measure_ldv2_block(args, torch, torch_ref, results):
         layer.build([tuple(xg.shape), tuple(xl.shape)])
     layers["patches"].set_weights(layers["slices"].get_weights())
 
+    from ldv2_impl import layer_fns  # benchmarks/ is on sys.path when run as a script
+
     def make(layer, backward):
-        def forward(a, b):
-            return layer([a, b], training=False)
-
-        def forward_backward(a, b):
-            with tf.GradientTape() as tape:
-                tape.watch([a, b])
-                loss = tf.reduce_sum(tf.square(layer([a, b], training=True)))
-            return tape.gradient(loss, [a, b] + layer.trainable_weights)
-
+        forward, forward_backward = layer_fns(layer)
         return forward_backward if backward else forward
 
     for pass_name in ("fwd", "fwd+bwd"):
