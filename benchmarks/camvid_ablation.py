@@ -71,18 +71,8 @@ def build_parser():
     return p
 
 
-def fmt_mean_std(values, scale=100.0, digits=2):
-    values = [v for v in values if v is not None]
-    if not values:
-        return "n/a"
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return f"{scale * mean:.{digits}f}"
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-    return f"{scale * mean:.{digits}f} ± {scale * std:.{digits}f}"
-
-
 def mean_std(values):
+    """-> (mean, sample std) of the non-None values; std None below two values."""
     values = [v for v in values if v is not None]
     if not values:
         return None, None
@@ -90,6 +80,15 @@ def mean_std(values):
     std = (math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
            if len(values) > 1 else None)
     return mean, std
+
+
+def fmt_mean_std(values, scale=100.0, digits=2):
+    mean, std = mean_std(values)
+    if mean is None:
+        return "n/a"
+    if std is None:
+        return f"{scale * mean:.{digits}f}"
+    return f"{scale * mean:.{digits}f} ± {scale * std:.{digits}f}"
 
 
 def train_run(args, variant, seed, run_dir):

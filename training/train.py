@@ -224,24 +224,22 @@ def evaluate_model(model, dataset, info, eval_scale=1.0, max_images=0):
     return metric
 
 
-def resumable_stream(make_pipeline, start_holder):
-    """The training batches as a dataset whose every iterator restarts the same stream.
+def resumed_stream(make_pipeline, start_step):
+    """The training batches from `start_step` on, as one `tf.data` pipeline.
 
-    `make_dataset`'s randomness (shuffle, augmentation seeds) changes with each new iterator
-    of the same dataset object, and Keras' `fit` opens more than one; so each iterator here
-    builds a fresh pipeline (identical batches for the same seed) and skips the
-    `start_holder["step"]` batches already trained on. Batch `i` of the stream is then a
-    pure function of (config, i), which makes resumption exact.
+    A freshly built pipeline gives identical batches for the same seed (stateless,
+    seeded augmentation and shuffling), so batch `i` is a pure function of (config, i) and
+    skipping the `start_step` batches already trained on continues the stream exactly.
     """
     import tensorflow as tf
 
-    spec = make_pipeline().element_spec
-
-    def generate():
-        yield from make_pipeline().skip(start_holder["step"])
-
-    ds = tf.data.Dataset.from_generator(generate, output_signature=spec)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    ds = make_pipeline().skip(start_step)
+    if strategy_lib.is_multi_worker():
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = (
+            tf.data.experimental.AutoShardPolicy.DATA)
+        ds = ds.with_options(options)
+    return ds
 
 
 def training_checkpoint(model, optimizer):
@@ -348,6 +346,7 @@ def train(config, strategy, strategy_desc, is_chief, worker_index, on_gpu):
         xla = False
     sync_bn = replicas > 1 if str(config.sync_bn).lower() == "auto" else _truthy(config.sync_bn)
     keras.config.set_floatx(config.dtype)
+    keras.mixed_precision.set_global_policy(config.dtype)  # floatx alone may not reach it
     if config.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16" if on_gpu else "mixed_bfloat16")
     if config.batch_size % replicas:
@@ -365,12 +364,6 @@ def train(config, strategy, strategy_desc, is_chief, worker_index, on_gpu):
             repeat=True,
         )
 
-    start_holder = {"step": 0}
-    train_ds = resumable_stream(fresh_train_pipeline, start_holder)
-    if strategy_lib.is_multi_worker():
-        options = tf.data.Options()
-        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-        train_ds = train_ds.with_options(options)
     val_ds = data.make_eval_dataset(val_src, normalization=config.normalization,
                                     cache=config.cache)
 
@@ -387,7 +380,7 @@ def train(config, strategy, strategy_desc, is_chief, worker_index, on_gpu):
         # Build metric / loss state now, from KerasTensors: Keras' own build under a
         # strategy would consume (and drop) a real batch, and fails under
         # MultiWorkerMirroredStrategy (see `Segmenter._maybe_symbolic_build`).
-        spec = train_ds.element_spec
+        spec = fresh_train_pipeline().element_spec
         model._symbolic_build(data_batch=(
             keras.KerasTensor((1,) + tuple(spec[0].shape[1:]), "float32"),
             keras.KerasTensor((1,) + tuple(spec[1].shape[1:]), "int32"),
@@ -425,7 +418,7 @@ def train(config, strategy, strategy_desc, is_chief, worker_index, on_gpu):
     if start_step >= stop_step:
         print(f"already trained to step {start_step}; skipping training")
     else:
-        start_holder["step"] = start_step  # continue the seeded stream exactly
+        train_ds = resumed_stream(fresh_train_pipeline, start_step)
         csv_path = write_dir / "log.csv"
         _truncate_csv(csv_path, start_step)
         val_fn = lambda: evaluate_model(model, val_ds, info, config.eval_scale,  # noqa: E731

@@ -50,12 +50,12 @@ class SyncBatchNormalization(keras.layers.BatchNormalization):
         local_count = tf.cast(tf.reduce_prod(tf.gather(tf.shape(inputs), axes)), inputs.dtype)
         count = replica.all_reduce(tf.distribute.ReduceOp.SUM, local_count)
         total = replica.all_reduce(tf.distribute.ReduceOp.SUM,
-                                   tf.reduce_sum(inputs, axis=axes))
-        mean = tf.math.divide_no_nan(total, count)
+                                   tf.reduce_sum(inputs, axis=axes, keepdims=True))
+        mean = tf.math.divide_no_nan(total, count)  # keepdims: broadcasts for any `axis`
         squares = replica.all_reduce(
             tf.distribute.ReduceOp.SUM, tf.reduce_sum(tf.square(inputs - mean), axis=axes)
         )
-        return mean, tf.math.divide_no_nan(squares, count)
+        return tf.squeeze(mean, axes), tf.math.divide_no_nan(squares, count)
 
 
 # Keras names a layer's entry in `.weights.h5` / `.keras` files after the Python class

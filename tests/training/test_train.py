@@ -251,7 +251,7 @@ def test_mirrored_two_logical_cpus_matches_single_device(tmp_path):
     Run in float64 with every dropout off, tolerance 1e-6 x each variable's max |value|.
     Why float64: in float32 this tiny random-init network's gradients are ill-conditioned
     -- the single-device float32 gradient of `layer3_block0_conv3/kernel` is itself 8.5%
-    away from the float64 one -- so any change of summation order (which splitting the
+    away from the float64 one (`python benchmarks/grad_precision.py`) -- so any change of summation order (which splitting the
     batch over replicas is) moves some weights by a few percent after one step. In float64
     both runs agree to ~1e-7, which is what shows the algorithm (SyncBN statistics, the
     global pixel mean of the main and aux losses, summed gradients) is the same.
