@@ -91,8 +91,11 @@ def fmt_mean_std(values, scale=100.0, digits=2):
     return f"{scale * mean:.{digits}f} ± {scale * std:.{digits}f}"
 
 
-def train_run(args, variant, seed, run_dir):
-    """Trains one (variant, seed) in a subprocess (resumes from its checkpoints)."""
+def train_run(args, variant, seed, run_dir, extra_sets=()):
+    """Trains one (variant, seed) in a subprocess (resumes from its checkpoints).
+
+    `extra_sets`: further `KEY=VALUE` overrides, applied after `args.set`.
+    """
     spec = VARIANTS[variant]
     cmd = [sys.executable, "-m", "training.train", "--config", args.config,
            "--data-dir", args.data_dir, "--run-dir", str(run_dir),
@@ -102,7 +105,7 @@ def train_run(args, variant, seed, run_dir):
         cmd += ["--steps", str(args.steps)]
     if args.quick:
         cmd += ["--steps", "4", "--checkpoint-every", "2", "--set", "eval_max_images=4"]
-    for item in args.set:
+    for item in list(args.set) + list(extra_sets):
         cmd += ["--set", item]
     env = dict(os.environ, PYTHONPATH=str(REPO))
     env.pop("TF_CONFIG", None)

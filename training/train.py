@@ -282,11 +282,18 @@ class _TrainCallbacks:
     """Keras callbacks built lazily (keras import)."""
 
     @staticmethod
-    def make(model, optimizer, manager, config, is_chief, val_fn, stop_step):
+    def make(model, optimizer, manager, config, is_chief, val_fn, stop_step, seconds_before=0.0):
         import keras
 
+        t_start = time.time()
+
         class StepLogger(keras.callbacks.Callback):
-            """Adds `lr` and `step` to the logs, stops at `stop_step`, checkpoints, validates."""
+            """Adds `lr`, `step` and `train_seconds` to the logs, stops at `stop_step`,
+            checkpoints, validates.
+
+            `train_seconds` is cumulative wall time of training (this process plus
+            `seconds_before`, what the log held when resumed), validation excluded.
+            """
 
             def _lr(self):
                 return float(optimizer.learning_rate.numpy()) if hasattr(
@@ -300,30 +307,42 @@ class _TrainCallbacks:
                     self.model.stop_training = True
 
             def on_epoch_end(self, epoch, logs=None):
+                nonlocal t_start, seconds_before
                 step = int(optimizer.iterations.numpy())
                 manager.save(checkpoint_number=step)
                 if logs is not None:
                     logs["lr"] = self._lr()
                     logs["step"] = step
+                    logs["train_seconds"] = round(seconds_before + time.time() - t_start, 2)
                     if config.eval_every and step % config.eval_every == 0 and step < config.steps:
+                        t_val = time.time()
                         logs["val_mean_iou"] = float(val_fn().result())
+                        seconds_before -= time.time() - t_val
 
         return StepLogger()
 
 
 def _truncate_csv(path, max_step):
-    """Drops rows logged past `max_step` (a run killed after logging, before saving)."""
+    """Drops rows logged past `max_step` (a run killed after logging, before saving).
+
+    Returns the `train_seconds` of the last row kept (0.0 without one), so a resumed
+    run continues the cumulative training time.
+    """
     if not path.exists():
-        return
+        return 0.0
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
     if not rows or "step" not in rows[0]:
-        return
+        return 0.0
     col = rows[0].index("step")
     kept = [rows[0]] + [r for r in rows[1:] if r and float(r[col]) <= max_step]
     if len(kept) != len(rows):
         with open(path, "w", newline="") as f:
             csv.writer(f).writerows(kept)
+    if len(kept) > 1 and "train_seconds" in rows[0]:
+        value = kept[-1][rows[0].index("train_seconds")]
+        return float(value) if value else 0.0
+    return 0.0
 
 
 def train(config, strategy, strategy_desc, is_chief, worker_index, on_gpu):
@@ -420,11 +439,12 @@ def train(config, strategy, strategy_desc, is_chief, worker_index, on_gpu):
     else:
         train_ds = resumed_stream(fresh_train_pipeline, start_step)
         csv_path = write_dir / "log.csv"
-        _truncate_csv(csv_path, start_step)
+        seconds_before = _truncate_csv(csv_path, start_step)
         val_fn = lambda: evaluate_model(model, val_ds, info, config.eval_scale,  # noqa: E731
                                         config.eval_max_images)
         callbacks = [
-            _TrainCallbacks.make(model, optimizer, manager, config, is_chief, val_fn, stop_step),
+            _TrainCallbacks.make(model, optimizer, manager, config, is_chief, val_fn, stop_step,
+                                 seconds_before),
             keras.callbacks.CSVLogger(str(csv_path), append=True),
         ]
         try:

@@ -49,10 +49,14 @@ Registered architectures (`available_backbones()`):
 | `resnet101`    | 3, 4, 23, 3   | 64           | 64, 128, 256, 512 | 1024, 2048   |
 | `resnet_tiny`  | 1, 1, 1, 1    | 4            | 4, 8, 16, 32      | 64, 128      |
 | `resnet_small` | 2, 2, 2, 3    | 4            | 4, 8, 16, 32      | 64, 128      |
+| `resnet_small_x2` | 2, 2, 2, 3 | 8            | 8, 16, 32, 64     | 128, 256     |
+| `resnet_small_x4` | 2, 2, 2, 3 | 16           | 16, 32, 64, 128   | 256, 512     |
 
 `resnet_tiny` / `resnet_small` are for tests: the same topology (downsample
 branches included, `resnet_small` exercises three multi-grid blocks) at a
-width that runs a 65x97 forward pass in milliseconds.
+width that runs a 65x97 forward pass in milliseconds. The `_x2` / `_x4` widths
+are the candidates of the CPU-from-scratch CamVid recipe sweep
+(`benchmarks/camvid_recipe_sweep.py`).
 """
 
 import dataclasses
@@ -93,6 +97,8 @@ BACKBONES = {
     "resnet101": ResNetSpec(blocks=(3, 4, 23, 3)),
     "resnet_tiny": ResNetSpec(blocks=(1, 1, 1, 1), planes=(4, 8, 16, 32), stem_width=4),
     "resnet_small": ResNetSpec(blocks=(2, 2, 2, 3), planes=(4, 8, 16, 32), stem_width=4),
+    "resnet_small_x2": ResNetSpec(blocks=(2, 2, 2, 3), planes=(8, 16, 32, 64), stem_width=8),
+    "resnet_small_x4": ResNetSpec(blocks=(2, 2, 2, 3), planes=(16, 32, 64, 128), stem_width=16),
 }
 
 OUTPUT_STRIDES = (8, 16, 32)
