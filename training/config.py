@@ -51,7 +51,7 @@ class TrainConfig:
     aspp_dropout: float = 0.1  # inside ASPP (the authors' Dropout2d)
     aux_head: bool = True
     aux_loss_weight: float = 0.4
-    sync_bn: str = "auto"  # "auto": on when the strategy has > 1 replica; or true / false
+    sync_bn: str = "auto"  # "auto": on over > 1 replica unless xla=true; or true / false
     backbone_weights: typing.Optional[str] = None
     init_weights: typing.Optional[str] = None  # a .weights.h5 loaded before step 0
     # --- optimisation
@@ -79,7 +79,7 @@ class TrainConfig:
     stop_at: int = 0  # >0: stop (with a checkpoint) after this step, schedule unchanged
     # --- execution
     devices: int = 0  # 0: all visible GPUs (or the CPU); N: N GPUs or N logical CPU devices
-    xla: str = "auto"  # "auto" (on for GPU, off for CPU), "true", "false"
+    xla: str = "auto"  # "auto": on for one GPU, off for CPU and for SyncBN replicas; true/false
     mixed_precision: bool = False
     dtype: str = "float32"  # variables/compute dtype; "float64" for numerical checks
     export_saved_model: bool = True

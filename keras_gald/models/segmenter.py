@@ -8,6 +8,25 @@ Called with `training=True` the model returns that dict so `fit` can add the
 auxiliary loss; called for inference (`predict`, `model(x)`, `export`) it runs
 a sub-graph that stops at the main logits, so the auxiliary head is neither
 computed nor exported.
+
+XLA under a multi-replica `tf.distribute` strategy
+--------------------------------------------------
+Keras compiles `fit`'s whole step -- `strategy.run` included -- when
+`jit_compile=True`, which XLA cannot do across devices. `Segmenter.compile`
+therefore turns that case into a per-replica compiled step: on each replica an
+XLA function runs the forward pass, the losses and the backward pass; the
+gradient all-reduce, the optimizer update and the metrics run outside it, as in
+Keras' own step. Cross-replica collectives cannot run inside that function, so:
+
+* BatchNorm normalises each replica's sub-batch with its own statistics (a
+  model built with `SyncBatchNormalization` is refused -- build it with
+  `sync_bn=False`, or train without XLA to keep SyncBN);
+* losses with `distributed_mean="global"` are refused (their denominator is an
+  all-reduce); `"replica"` works;
+* after each step the BatchNorm moving statistics (every floating-point
+  non-trainable variable) are averaged over the replicas, so all replicas hold
+  the same weights. The non-compiled multi-replica step does the same, so both
+  paths train the same model.
 """
 
 import keras
@@ -75,7 +94,7 @@ class Segmenter(keras.Model):
             return super().call(inputs, training=training, mask=mask)
         return self._logits_model(inputs, training=training)
 
-    def compile(self, *args, aux_loss="auto", aux_loss_weight=0.4, **kwargs):
+    def compile(self, *args, aux_loss="auto", aux_loss_weight=0.4, jit_compile="auto", **kwargs):
         """`keras.Model.compile` plus the auxiliary loss.
 
         Args:
@@ -85,10 +104,19 @@ class Segmenter(keras.Model):
                 main loss is a keras_gald loss (else ignore label 255,
                 per-replica mean); `None` disables it.
             aux_loss_weight: its weight (0.4 in the paper's recipe).
+            jit_compile: as in `keras.Model.compile`; `True` under a strategy
+                with several replicas compiles a per-replica step (see the
+                module docstring) instead of Keras' whole-step compilation.
             *args, **kwargs: forwarded to `keras.Model.compile`; `loss`
                 applies to the main logits.
+
+        Raises:
+            ValueError: `jit_compile=True` under several replicas with a
+                SyncBN model or a `distributed_mean="global"` loss.
         """
-        super().compile(*args, **kwargs)
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        replica_xla = jit_compile is True and replicas > 1
+        super().compile(*args, jit_compile=False if replica_xla else jit_compile, **kwargs)
         if aux_loss == "auto":
             # Same replica-averaging as the main loss: mixing "global" and "replica"
             # would make a multi-replica step differ from the single-device one.
@@ -99,6 +127,35 @@ class Segmenter(keras.Model):
             )
         self.aux_loss = aux_loss if self.has_aux_head else None
         self.aux_loss_weight = float(aux_loss_weight)
+        self._replica_xla_step = None
+        if replica_xla:
+            self._check_replica_xla(self.loss, replicas)
+            # Created once here: replicas trace `train_step` concurrently.
+            self._replica_xla_step = tf.function(
+                self._forward_backward, jit_compile=True, reduce_retracing=True)
+
+    @property
+    def replica_xla(self):
+        """True when training runs a per-replica XLA-compiled step."""
+        return getattr(self, "_replica_xla_step", None) is not None
+
+    def _check_replica_xla(self, loss, replicas):
+        sync = sorted(layer.name for layer in self._flatten_layers()
+                      if getattr(layer, "synchronized", False))
+        if sync:
+            raise ValueError(
+                f"jit_compile=True over {replicas} replicas compiles each replica's step "
+                "with XLA, which cannot run SyncBatchNorm's cross-replica all-reduce; "
+                f"this model has {len(sync)} synchronized BatchNorm layers (e.g. "
+                f"{sync[0]!r}). Build it with sync_bn=False (per-replica statistics) or "
+                "compile with jit_compile=False to keep SyncBN.")
+        for role, fn in (("loss", loss), ("aux_loss", self.aux_loss)):
+            if getattr(fn, "distributed_mean", None) == "global":
+                raise ValueError(
+                    f"jit_compile=True over {replicas} replicas: the {role} uses "
+                    "distributed_mean='global', whose denominator is an all-reduce that a "
+                    "per-replica compiled step cannot run; use distributed_mean='replica' "
+                    "or jit_compile=False.")
 
     def _symbolic_build(self, *args, **kwargs):
         super()._symbolic_build(*args, **kwargs)
@@ -115,7 +172,50 @@ class Segmenter(keras.Model):
         super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def train_step(self, data):
-        return _rank1_logs_for_multi_worker(super().train_step(data))
+        if self.replica_xla:
+            logs = self._replica_xla_train_step(data)
+        else:
+            logs = super().train_step(data)
+        self._average_replica_state()
+        return _rank1_logs_for_multi_worker(logs)
+
+    def _forward_backward(self, x, y, sample_weight):
+        """Loss, gradients and outputs of one replica's batch (compiled with XLA)."""
+        with tf.GradientTape() as tape:
+            y_pred = self(x, training=True)
+            loss = self._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
+                                      training=True)
+            scaled = self.optimizer.scale_loss(loss) if self.optimizer is not None else loss
+        return loss, tape.gradient(scaled, self.trainable_weights), y_pred
+
+    def _replica_xla_train_step(self, data):
+        # Keras' TF `train_step` with the forward/backward pass swapped for the
+        # compiled function; the gradient all-reduce stays in `apply_gradients`.
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        loss, grads, y_pred = self._replica_xla_step(x, y, sample_weight)
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        # Losses arrive pre-divided by the replica count (Keras sums replicas' losses).
+        self._loss_tracker.update_state(loss * replicas, sample_weight=tf.shape(x)[0])
+        self.optimizer.apply_gradients(zip(grads, self.trainable_weights))
+        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+    def _average_replica_state(self):
+        """Averages BN moving statistics over replicas (no-op on one replica).
+
+        Without SyncBN each replica updates its own copy from its own sub-batch
+        (PyTorch DDP keeps rank 0's); the mean keeps every replica identical and
+        uses the whole global batch.
+        """
+        ctx = tf.distribute.get_replica_context()
+        if ctx is None or ctx.num_replicas_in_sync == 1:
+            return
+        state = [v for v in self.non_trainable_variables
+                 if tf.as_dtype(v.dtype).is_floating]
+        if not state:
+            return
+        means = ctx.all_reduce(tf.distribute.ReduceOp.MEAN, [tf.identity(v.value) for v in state])
+        for v, mean in zip(state, means):
+            v.assign(mean)
 
     def test_step(self, data):
         return _rank1_logs_for_multi_worker(super().test_step(data))
