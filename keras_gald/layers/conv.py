@@ -18,6 +18,8 @@ space-to-batch anywhere.
 import keras
 import tensorflow as tf
 
+from keras_gald.layers.sequencing import after
+
 
 def dilated_conv2d(inputs, kernel, dilations, padding):
     """Stride-1 dilated 2-D convolution with a fast custom gradient.
@@ -58,7 +60,9 @@ def dilated_conv2d(inputs, kernel, dilations, padding):
             taps = []
             for i in range(kh):
                 for j in range(kw):
-                    window = x_pad[:, i * rh : i * rh + out_h, j * rw : j * rw + out_w, :]
+                    # One shifted copy of the input alive at a time.
+                    with after(taps[-1] if taps else None):
+                        window = x_pad[:, i * rh : i * rh + out_h, j * rw : j * rw + out_w, :]
                     window = tf.reshape(window, [-1, channels_in])
                     taps.append(tf.matmul(window, dy_flat, transpose_a=True))
             dk = tf.reshape(tf.stack(taps), tf.shape(k))

@@ -30,6 +30,7 @@ import keras
 import tensorflow as tf
 
 from keras_gald.layers.norm import batch_norm
+from keras_gald.layers.sequencing import after
 
 _PADDINGS = ("zeros", "mask")
 _COMBINES = ("concat", "none")
@@ -82,7 +83,8 @@ def _corr(a, b, offsets, pad):
     ones = tf.ones((depth, 1), a.dtype)
     logits = []
     for dy, dx in offsets:
-        prod = a * _window(b_pad, pad + dy, pad + dx, height, width)
+        with after(logits[-1] if logits else None):
+            prod = a * _window(b_pad, pad + dy, pad + dx, height, width)
         logits.append(tf.reshape(tf.matmul(tf.reshape(prod, [-1, depth]), ones), shape[:4]))
     return tf.stack(logits, axis=-1)
 
@@ -94,7 +96,8 @@ def _agg(w, b, offsets, pad):
     weights = tf.unstack(w, num=len(offsets), axis=-1)
     out = None
     for w_n, (dy, dx) in zip(weights, offsets):
-        term = w_n[..., None] * _window(b_pad, pad + dy, pad + dx, height, width)
+        with after(out):
+            term = w_n[..., None] * _window(b_pad, pad + dy, pad + dx, height, width)
         out = term if out is None else out + term
     return out
 
@@ -112,9 +115,10 @@ def _agg_t(w, a, offsets, pad):
     out = None
     for w_n, (dy, dx) in zip(w_pad, offsets):
         top, left = pad - dy, pad - dx
-        term = _window(w_n, top, left, height, width)[..., None] * _window(
-            a_pad, top, left, height, width
-        )
+        with after(out):
+            term = _window(w_n, top, left, height, width)[..., None] * _window(
+                a_pad, top, left, height, width
+            )
         out = term if out is None else out + term
     return out
 
