@@ -11,7 +11,8 @@ field and the common flags below are shortcuts. The run directory holds:
 
     config.json                resolved config
     checkpoints/ckpt-STEP.*    tf.train.Checkpoint of model + optimizer (every N steps, end)
-    log.csv                    per-interval loss / mIoU / lr (appended on resume)
+    log.csv                    per-interval loss / mIoU / lr / cumulative train_seconds
+                               (appended on resume)
     model.keras                final model;  saved_model/  inference SavedModel
     metrics.json               final validation per-class IoU
 

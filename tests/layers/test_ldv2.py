@@ -225,6 +225,38 @@ def test_slices_never_builds_n_k2_c_tensors(impl):
         assert footprint >= n_k2_c
 
 
+def test_slices_products_run_one_at_a_time():
+    """Each feature-sized neighbour product waits (control edge) for the previous
+    neighbour's sum, so TF's executor never holds many of them at once (the memory
+    figures in the README); only the first product of each loop starts freely."""
+    n, height, width, heads, d = 1, 8, 8, 1, 16
+    ks, r = 5, 1
+    offsets, pad = neighbour_offsets(ks, r), (ks - 1) // 2 * r
+    spec = tf.TensorSpec((n, height, width, heads, d), tf.float32)
+
+    @tf.function(input_signature=[spec] * 3)
+    def fwd_bwd(q, k, v):
+        with tf.GradientTape() as tape:
+            tape.watch([q, k, v])
+            w = tf.nn.softmax(_local_logits(q, k, offsets, pad))
+            loss = tf.reduce_sum(_local_aggregate(w, v, offsets, pad))
+        return tape.gradient(loss, [q, k, v])
+
+    products = [op for op in fwd_bwd.get_concrete_function().graph.get_operations()
+                if op.type == "Mul" and op.outputs[0].shape.num_elements() == n * height * width * d]
+    def waits(op, depth=4):
+        # TF puts the control edge on the ops made in the context that have no
+        # ordered input (here the slice bounds), so look a few data hops up.
+        if op.control_inputs:
+            return True
+        return depth > 0 and any(waits(t.op, depth - 1) for t in op.inputs)
+
+    ordered = [op for op in products if waits(op)]
+    loops = 6  # forward: logits, aggregate; backward: 2 per primitive
+    assert len(products) >= loops * ks * ks
+    assert len(ordered) >= len(products) - loops - 2, (len(ordered), len(products))
+
+
 # ------------------------------------------------------------ model features
 
 

@@ -172,8 +172,10 @@ def test_end_to_end_outputs(full_run):
     assert "final mIoU" in out and "mean" in out
     rows = (run_dir / "log.csv").read_text().strip().splitlines()
     header = rows[0].split(",")
-    assert {"loss", "lr", "mean_iou", "step"} <= set(header)
+    assert {"loss", "lr", "mean_iou", "step", "train_seconds"} <= set(header)
     assert [float(r.split(",")[header.index("step")]) for r in rows[1:]] == [2, 4, 6]
+    seconds = [float(r.split(",")[header.index("train_seconds")]) for r in rows[1:]]
+    assert 0 < seconds[0] < seconds[1] < seconds[2]
     cfg = json.loads((run_dir / "config.json").read_text())
     assert cfg["steps"] == 6 and cfg["backbone"] == "resnet_tiny"
     # The SavedModel serves logits at the input resolution.
@@ -198,6 +200,10 @@ def test_resume_matches_uninterrupted(full_run, tmp_path):
     rows = (run_dir / "log.csv").read_text().strip().splitlines()
     steps = [r.split(",")[rows[0].split(",").index("step")] for r in rows[1:]]
     assert [float(s) for s in steps] == [2, 4, 6]  # CSV kept and appended
+    # Training time is cumulative across the restart.
+    t_col = rows[0].split(",").index("train_seconds")
+    seconds = [float(r.split(",")[t_col]) for r in rows[1:]]
+    assert 0 < seconds[0] < seconds[1] < seconds[2]
     # The optimizer's iteration count drives the schedule: the last logged lr is the
     # schedule's value at step 6 (0.0) in both runs, and step 4's lr agrees too.
     header = rows[0].split(",")
