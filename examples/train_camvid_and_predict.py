@@ -2,9 +2,10 @@
 validation images.
 
 The folder needs `train/` and `val/`, each with `images/*.jpg|png` and
-`labels/*.png` (CamVid SegNet class ids 0-10, 11 = void). On 2 CPU cores the
-default recipe (`training/configs` `camvid`: resnet_small + ASPP + LDv1 here,
-300 steps at ~0.4 scale) trained in 2.7 min for seed 0 of benchmarks/camvid_ablation.py.
+`labels/*.png` (CamVid SegNet class ids 0-10, 11 = void). The recipe is
+`training/configs` `camvid` (resnet_tiny at 0.375 scale, OHEM + aux, 1400 steps;
+ASPP + LDv1 here); its training times and mIoU on 2 CPU cores are in the README's
+"CamVid from scratch" section.
 
     python examples/train_camvid_and_predict.py --data-dir ../shared/data/camvid \
         --out runs/camvid_example --images 4
@@ -27,7 +28,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-dir", required=True, help="CamVid-layout folder")
     p.add_argument("--out", default="runs/camvid_example")
-    p.add_argument("--steps", type=int, default=None, help="training steps (recipe: 300)")
+    p.add_argument("--steps", type=int, default=None, help="training steps (recipe: 1400)")
     p.add_argument("--ld", default="v1", choices=["v1", "v2", "none"], help="local distribution")
     p.add_argument("--images", type=int, default=4, help="validation images to draw")
     args = p.parse_args(argv)

@@ -1,13 +1,13 @@
-"""Real-data check: a small GALD (resnet_small + ASPP + LDv1, the `camvid` recipe, 300
-steps) trained from scratch on CamVid (../shared) on 2 CPU cores (2.7 min for seed 0 in
-benchmarks/camvid_ablation.py; 7 min inside a test run on a loaded machine), at low
-resolution, must reach a validation mIoU far above chance. The same model over 3
-seeds in benchmarks/camvid_ablation.py: 26.56 +- 1.43 % (lowest 25.1 %).
+"""Real-data check: a small GALD (the `camvid` recipe -- resnet_tiny, 0.375x, OHEM + aux --
+with ASPP + LDv1, cut to 700 of its 1400 steps to bound CI time) trained from scratch on
+CamVid (../shared) on 2 CPU cores must reach a validation mIoU far above chance.
 
 Chance is measured, not assumed: a predictor drawing each pixel's class uniformly at
 random over the 11 classes, scored with the same MeanIoU on the same validation labels
 (about 0.05: each class IoU ~ p_c / (1 + 11 p_c - p_c) for class frequency p_c).
-Bar: mIoU >= 0.18 and >= 4x that chance level.
+Bar: mIoU >= 0.25 and >= 5x that chance level (measured: see the README's CamVid section
+for the full recipe's numbers; the 700-step cut is measured in the note of the session
+that set this bar).
 """
 
 import json
@@ -22,8 +22,9 @@ import numpy as np
 from tests.conftest import CAMVID_DIR, require_shared
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-BAR = 0.18
-CHANCE_FACTOR = 4.0
+BAR = 0.25
+CHANCE_FACTOR = 5.0
+STEPS = 700
 
 
 def random_chance_miou(root, max_images):
@@ -48,7 +49,8 @@ def test_camvid_small_gald_learns(tmp_path):
     t0 = time.time()
     proc = subprocess.run(
         [sys.executable, "-m", "training.train", "--config", "camvid", "--data-dir", str(root),
-         "--run-dir", str(run_dir), "--set", "export_saved_model=false", "--set", "ld=v1"],
+         "--run-dir", str(run_dir), "--set", "export_saved_model=false", "--set", "ld=v1",
+         "--steps", str(STEPS)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
     )
     elapsed = time.time() - t0
