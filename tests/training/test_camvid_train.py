@@ -5,9 +5,9 @@ CamVid (../shared) on 2 CPU cores must reach a validation mIoU far above chance.
 Chance is measured, not assumed: a predictor drawing each pixel's class uniformly at
 random over the 11 classes, scored with the same MeanIoU on the same validation labels
 (about 0.05: each class IoU ~ p_c / (1 + 11 p_c - p_c) for class frequency p_c).
-Bar: mIoU >= 0.25 and >= 5x that chance level (measured: see the README's CamVid section
-for the full recipe's numbers; the 700-step cut is measured in the note of the session
-that set this bar).
+Bar: mIoU >= 0.25 and >= 5x that chance level. Measured with this test (seed 0, 700
+steps): mIoU 0.3644 against chance 0.0347, 285 s on a machine shared with another
+training run. The full 1400-step recipe's numbers are in the README's CamVid section.
 """
 
 import json
