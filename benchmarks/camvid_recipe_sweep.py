@@ -25,7 +25,6 @@ import csv
 import json
 import pathlib
 import sys
-import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -33,7 +32,6 @@ sys.path.insert(0, str(REPO))
 
 import camvid_ablation as ablation  # noqa: E402
 
-CAMVID_SIZE = (360, 480)
 OHEM_KEEP_FRACTION = 0.085
 
 

@@ -23,8 +23,8 @@ Keras' own step. Cross-replica collectives cannot run inside that function, so:
   `sync_bn=False`, or train without XLA to keep SyncBN);
 * losses with `distributed_mean="global"` are refused (their denominator is an
   all-reduce); `"replica"` works;
-* after each step the BatchNorm moving statistics (every floating-point
-  non-trainable variable) are averaged over the replicas, so all replicas hold
+* after each step the per-replica BatchNorm moving statistics (floating-point
+  non-trainable variables outside SyncBN layers) are averaged over the replicas, so all replicas hold
   the same weights. The non-compiled multi-replica step does the same, so both
   paths train the same model.
 """
@@ -209,8 +209,11 @@ class Segmenter(keras.Model):
         ctx = tf.distribute.get_replica_context()
         if ctx is None or ctx.num_replicas_in_sync == 1:
             return
+        # SyncBN statistics are already identical on every replica: no all-reduce.
+        synced = {id(v) for layer in self._flatten_layers()
+                  if getattr(layer, "synchronized", False) for v in layer.variables}
         state = [v for v in self.non_trainable_variables
-                 if tf.as_dtype(v.dtype).is_floating]
+                 if tf.as_dtype(v.dtype).is_floating and id(v) not in synced]
         if not state:
             return
         means = ctx.all_reduce(tf.distribute.ReduceOp.MEAN, [tf.identity(v.value) for v in state])
