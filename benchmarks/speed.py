@@ -41,7 +41,13 @@ separately as `first_ms`):
    torch` fails): the same networks, eager, `torch.channels_last`, fp32,
    `torch.inference_mode()`; with `--torch-compile` also `torch.compile`d;
    and the same training step. Torch uses as many threads as TF
-   (`--threads`). Rows give Keras/PyTorch time ratios (>1: Keras slower).
+   (`--threads`); TF runs one op at a time (`--inter-op-threads 1`) as
+   PyTorch does. Rows give Keras/PyTorch time ratios (>1: Keras slower).
+   In fp32 the Keras model and its PyTorch twin are timed in turns
+   (`time_interleaved`: one call of each per round), so a slow spell of a
+   shared machine slows both: `keras_over_torch` is the ratio of the two
+   medians, `keras_over_torch_paired` ("K/T rnd") the median of the
+   per-round ratios.
    Parameter counts of both are compared for every configuration. On a
    machine shared with other jobs PyTorch's OpenMP threads, which spin while
    they wait for each other, can run 10-40x slower than on an idle one;
@@ -184,6 +190,45 @@ def time_calls(fn, warmup, repeats):
         "ms_all": [round(t, 3) for t in times],
         "first_ms": round(first_ms, 3),
     }
+
+
+def time_interleaved(fns, warmup, repeats):
+    """Times several callables round-robin: `warmup` calls of each, then
+    `repeats` rounds that call each once (the order reversed every other
+    round). A slow spell on a shared machine then hits every callable alike,
+    so their ratios stay meaningful where back-to-back blocks of calls drift.
+
+    Returns `({name: time_calls-style stats}, {name: [ms per round]})`.
+    """
+    first, times = {}, {name: [] for name in fns}
+    for name, fn in fns.items():
+        for i in range(max(warmup, 1)):
+            start = time.perf_counter()
+            fn()
+            if i == 0:
+                first[name] = (time.perf_counter() - start) * 1e3
+    names = list(fns)
+    for round_ in range(repeats):
+        for name in names if round_ % 2 == 0 else names[::-1]:
+            start = time.perf_counter()
+            fns[name]()
+            times[name].append((time.perf_counter() - start) * 1e3)
+    stats = {
+        name: {
+            "ms": statistics.median(ts),
+            "ms_min": min(ts),
+            "ms_all": [round(t, 3) for t in ts],
+            "first_ms": round(first[name], 3),
+            "interleaved_with": [other for other in names if other != name],
+        }
+        for name, ts in times.items()
+    }
+    return stats, times
+
+
+def paired_ratio(times_a, times_b):
+    """Median over rounds of a / b (round i of `time_interleaved` ran both)."""
+    return statistics.median(a / b for a, b in zip(times_a, times_b))
 
 
 def _sync_tf(result):
@@ -536,6 +581,12 @@ def measure_forward(args, torch, torch_ref, results):
     for name, cfg, (height, width) in _forward_jobs(args):
         images = tf.random.uniform((1, height, width, 3), seed=0)
         config_rows, models = [], {}
+        torch_job = None
+        if torch is not None:
+            try:
+                torch_job = _torch_forward_job(args, torch, torch_ref, cfg, height, width)
+            except Exception as exc:  # noqa: BLE001
+                log(f"    PyTorch model failed: {type(exc).__name__}: {exc}")
 
         def model_for(policy):
             # fp32 and fp32_xla share one fp32 build; bf16 needs its own (the
@@ -548,14 +599,31 @@ def measure_forward(args, torch, torch_ref, results):
                     set_policy("fp32")
             return models[policy]
 
+        torch_stats = {}
         for mode in args.modes:
             log(f"[forward] {name} {mode} {height}x{width} ...")
             row = dict(config=name, mode=mode, input=f"1x{height}x{width}")
             try:
                 fn = _inference_fn(model_for("bf16" if mode == "bf16" else "fp32"),
                                    jit=mode == "fp32_xla")
-                row.update(time_calls(lambda: _sync_tf(fn(images)), args.warmup, args.repeats))
-                log(f"    {row['ms']:.1f} ms (first call {row['first_ms']:.0f} ms)")
+
+                def keras_call(fn=fn):
+                    _sync_tf(fn(images))
+
+                if mode == "fp32" and torch_job is not None:
+                    # fp32 is the mode compared with PyTorch: time both in turns.
+                    stats, times = time_interleaved({mode: keras_call, **torch_job["fns"]},
+                                                    args.warmup, args.repeats)
+                    row.update(stats.pop(mode))
+                    torch_stats = stats
+                    row["keras_over_torch_paired"] = paired_ratio(times[mode],
+                                                                  times["torch_eager"])
+                    log(f"    {row['ms']:.1f} ms (first call {row['first_ms']:.0f} ms), "
+                        + ", ".join(f"{m} {st['ms']:.1f} ms" for m, st in stats.items())
+                        + f"; Keras/PyTorch per round {row['keras_over_torch_paired']:.3f}")
+                else:
+                    row.update(time_calls(keras_call, args.warmup, args.repeats))
+                    log(f"    {row['ms']:.1f} ms (first call {row['first_ms']:.0f} ms)")
             except Exception as exc:  # noqa: BLE001 - keep the run going, report it
                 row["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
                 log(f"    FAILED: {row['error']}")
@@ -566,9 +634,8 @@ def measure_forward(args, torch, torch_ref, results):
             # Counted on the fp32 graph traced without XLA (XLA compiles that same graph).
             flops = count_flops(_inference_fn(model_for("fp32")).get_concrete_function(images))
             if name not in results.get("params", {}):
-                torch_model = build_torch(torch_ref, cfg) if torch_ref is not None else None
+                torch_model = torch_job["model"] if torch_job is not None else None
                 _record_params(results, name, model_for("fp32"), torch_model, torch_ref)
-                del torch_model
         except Exception as exc:  # noqa: BLE001
             log(f"    FLOP / parameter count failed: {type(exc).__name__}: {exc}")
         models.clear()
@@ -581,8 +648,12 @@ def measure_forward(args, torch, torch_ref, results):
                     f"{row['gflop_s']:.1f} GFLOP/s"
                     + ("" if share is None else f", {share:.0f}% of conv peak"))
         rows.extend(config_rows)
-        if torch is not None:
-            _torch_forward(args, torch, torch_ref, name, cfg, height, width, rows, results, flops)
+        if torch_job is not None:
+            _torch_forward_rows(args, torch_job, torch_stats, name, height, width, rows,
+                                results, flops)
+            attach_torch_ratios(rows, name, f"1x{height}x{width}")
+            del torch_job
+            gc.collect()
         save_json(args, results)
 
 
@@ -613,27 +684,45 @@ def compile_torch(torch, model):
     return torch.compile(model, dynamic=False)
 
 
-def _torch_forward(args, torch, torch_ref, name, cfg, height, width, rows, results, flops):
+def _torch_forward_job(args, torch, torch_ref, cfg, height, width):
+    """The PyTorch twin of `cfg`, ready to time: `{"fns": {mode: call}, "model",
+    "torch_gflop"}` (eager channels-last, plus `torch.compile` with `--torch-compile`)."""
     torch.manual_seed(0)
     model = build_torch(torch_ref, cfg).eval().to(memory_format=torch.channels_last)
     images = torch.rand(1, 3, height, width).contiguous(memory_format=torch.channels_last)
-    t_flops = torch_flops(torch, torch_ref, cfg, height, width)
     variants = [("torch_eager", model)]
     if args.torch_compile:
         variants.append(("torch_compile", compile_torch(torch, model)))
-    for mode, net in variants:
-        log(f"[forward] {name} {mode} {height}x{width} ...")
-        row = dict(config=name, mode=mode, input=f"1x{height}x{width}", torch_gflop=t_flops)
 
-        def call(net=net):
+    def make_call(net):
+        def call():
             with torch.inference_mode():
                 net(images)
 
-        try:
-            row.update(time_calls(call, args.warmup, args.repeats))
-        except Exception as exc:  # noqa: BLE001
-            row["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
-            log(f"    FAILED: {row['error']}")
+        return call
+
+    return dict(fns={mode: make_call(net) for mode, net in variants}, model=model,
+                torch_gflop=torch_flops(torch, torch_ref, cfg, height, width))
+
+
+def _torch_forward_rows(args, job, stats, name, height, width, rows, results, flops):
+    """Rows for the PyTorch variants: timings from the interleaved fp32 run
+    (`stats`), or timed alone here when fp32 was not among the modes."""
+    for mode, call in job["fns"].items():
+        row = dict(config=name, mode=mode, input=f"1x{height}x{width}",
+                   torch_gflop=job["torch_gflop"])
+        if mode in stats:
+            row.update(stats[mode])
+        else:
+            log(f"[forward] {name} {mode} {height}x{width} ...")
+            try:
+                row.update(time_calls(call, args.warmup, args.repeats))
+            except Exception as exc:  # noqa: BLE001
+                row["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+                log(f"    FAILED: {row['error']}")
+            if "ms" in row:
+                log(f"    {row['ms']:.1f} ms (first call {row['first_ms']:.0f} ms), "
+                    f"torch-counted {_fmt(job['torch_gflop'], '.2f')} GFLOP")
         if flops and "ms" in row:
             # The Keras graph's dense FLOPs: the same network, so the same work.
             row["gflop"] = flops["gflop"]
@@ -642,12 +731,6 @@ def _torch_forward(args, torch, torch_ref, name, cfg, height, width, rows, resul
             if peak:
                 row["pct_conv_peak"] = 100.0 * row["gflop_s"] / peak
         rows.append(row)
-        if "ms" in row:
-            log(f"    {row['ms']:.1f} ms (first call {row['first_ms']:.0f} ms), "
-                f"torch-counted {_fmt(t_flops, '.2f')} GFLOP")
-    attach_torch_ratios(rows, name, f"1x{height}x{width}")
-    del model, variants
-    gc.collect()
 
 
 def attach_torch_ratios(rows, name, size):
@@ -712,6 +795,12 @@ def measure_train(args, torch, torch_ref, results):
         images_np = rng.random((batch, size, size, 3), dtype=np.float32)
         labels_np = _labels(rng, batch, size, size)
         images, labels = tf.constant(images_np), tf.constant(labels_np)
+        torch_job, torch_stats = None, {}
+        if torch is not None:
+            try:
+                torch_job = _torch_train_job(args, torch, torch_ref, cfg, images_np, labels_np)
+            except Exception as exc:  # noqa: BLE001
+                log(f"    PyTorch model failed: {type(exc).__name__}: {exc}")
         for mode in args.modes:
             log(f"[train] {name} {mode} {batch}x{size}x{size} ...")
             row = dict(config=name, mode=mode, input=f"{batch}x{size}x{size}")
@@ -725,8 +814,22 @@ def measure_train(args, torch, torch_ref, results):
                 )
                 row["jit_compile"] = bool(model.jit_compile)
                 row["aux_loss"] = getattr(model, "aux_loss", None) is not None
-                row.update(time_calls(lambda: model.train_on_batch(images, labels),
-                                      args.warmup, args.repeats))
+
+                def keras_step(model=model):
+                    model.train_on_batch(images, labels)
+
+                if mode == "fp32" and torch_job is not None:
+                    stats, times = time_interleaved({mode: keras_step, **torch_job["fns"]},
+                                                    args.warmup, args.repeats)
+                    row.update(stats.pop(mode))
+                    torch_stats = stats
+                    row["keras_over_torch_paired"] = paired_ratio(times[mode],
+                                                                  times["torch_eager"])
+                    log("    " + ", ".join(f"{m} {st['ms']:.1f} ms/step" for m, st in
+                                           stats.items())
+                        + f"; Keras/PyTorch per round {row['keras_over_torch_paired']:.3f}")
+                else:
+                    row.update(time_calls(keras_step, args.warmup, args.repeats))
             except Exception as exc:  # noqa: BLE001
                 row["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
                 log(f"    FAILED: {row['error']}")
@@ -737,12 +840,29 @@ def measure_train(args, torch, torch_ref, results):
             rows.append(row)
             if "ms" in row:
                 log(f"    {row['ms']:.1f} ms/step (first call {row['first_ms']:.0f} ms)")
-        if torch is not None:
-            _torch_train(args, torch, torch_ref, name, cfg, images_np, labels_np, rows)
+        if torch_job is not None:
+            for mode, step in torch_job["fns"].items():
+                row = dict(config=name, mode=mode, input=f"{batch}x{size}x{size}")
+                if mode in torch_stats:
+                    row.update(torch_stats[mode])
+                else:
+                    log(f"[train] {name} {mode} {batch}x{size}x{size} ...")
+                    try:
+                        row.update(time_calls(step, args.warmup, args.repeats))
+                        log(f"    {row['ms']:.1f} ms/step (first call {row['first_ms']:.0f} ms)")
+                    except Exception as exc:  # noqa: BLE001
+                        row["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+                        log(f"    FAILED: {row['error']}")
+                rows.append(row)
+            attach_torch_ratios(rows, name, f"{batch}x{size}x{size}")
+            del torch_job
+            gc.collect()
         save_json(args, results)
 
 
-def _torch_train(args, torch, torch_ref, name, cfg, images_np, labels_np, rows):
+def _torch_train_job(args, torch, torch_ref, cfg, images_np, labels_np):
+    """`{"fns": {mode: one SGD step}}` for the PyTorch twin of `cfg` (eager
+    channels-last, plus `torch.compile` with `--torch-compile`)."""
     torch.manual_seed(0)
     model = build_torch(torch_ref, cfg).train().to(memory_format=torch.channels_last)
     images = torch.from_numpy(images_np).permute(0, 3, 1, 2).contiguous(
@@ -752,29 +872,18 @@ def _torch_train(args, torch, torch_ref, name, cfg, images_np, labels_np, rows):
     variants = [("torch_eager", model)]
     if args.torch_compile:
         variants.append(("torch_compile", compile_torch(torch, model)))
-    batch, size = images_np.shape[0], images_np.shape[1]
-    for mode, net in variants:
-        log(f"[train] {name} {mode} {batch}x{size}x{size} ...")
-        row = dict(config=name, mode=mode, input=f"{batch}x{size}x{size}")
 
-        def step(net=net):
+    def make_step(net):
+        def step():
             optimizer.zero_grad(set_to_none=True)
             loss = torch_ref.segmentation_loss(net(images), labels, IGNORE_INDEX, 0.4)
             loss.backward()
             optimizer.step()
             return loss.item()
 
-        try:
-            row.update(time_calls(step, args.warmup, args.repeats))
-        except Exception as exc:  # noqa: BLE001
-            row["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
-            log(f"    FAILED: {row['error']}")
-        rows.append(row)
-        if "ms" in row:
-            log(f"    {row['ms']:.1f} ms/step (first call {row['first_ms']:.0f} ms)")
-    attach_torch_ratios(rows, name, f"{batch}x{size}x{size}")
-    del model, optimizer, variants
-    gc.collect()
+        return step
+
+    return dict(fns={mode: make_step(net) for mode, net in variants}, model=model)
 
 
 # ---------------------------------------------------------- 5. LDv2 block
@@ -856,6 +965,8 @@ def memory_child(spec):
 
     if spec["threads"]:
         tf.config.threading.set_intra_op_parallelism_threads(spec["threads"])
+    if spec.get("inter_op_threads"):
+        tf.config.threading.set_inter_op_parallelism_threads(spec["inter_op_threads"])
     from keras_gald.layers.aspp import ASPP
     from keras_gald.layers.ldv2 import LDv2
 
@@ -975,7 +1086,8 @@ def print_tables(results):
         log(f"\n== {title}: median ms; GFLOP = dense ops of one forward; % of the TF conv "
             "peak of the same dtype ==")
         header = (f"{'config':<20}{'mode':<14}{'input':<14}{'ms':>10}{'first ms':>10}"
-                  f"{'GFLOP':>9}{'GFLOP/s':>9}{'%peak':>7}{'torch ms':>10}{'K/T':>6}")
+                  f"{'GFLOP':>9}{'GFLOP/s':>9}{'%peak':>7}{'torch ms':>10}{'K/T':>6}"
+                  f"{'K/T rnd':>8}")
         log(header)
         log("-" * len(header))
         for r in rows:
@@ -986,7 +1098,8 @@ def print_tables(results):
                 f"{r['first_ms']:>10.0f}{_fmt(r.get('gflop'), '.2f'):>9}"
                 f"{_fmt(r.get('gflop_s'), '.1f'):>9}{_fmt(r.get('pct_conv_peak'), '.0f'):>7}"
                 f"{_fmt(r.get('torch_eager_ms'), '.1f'):>10}"
-                f"{_fmt(r.get('keras_over_torch'), '.2f'):>6}")
+                f"{_fmt(r.get('keras_over_torch'), '.2f'):>6}"
+                f"{_fmt(r.get('keras_over_torch_paired'), '.2f'):>8}")
 
     flops = [r for r in results.get("forward", []) if r.get("torch_gflop") is not None]
     if flops:
@@ -1066,6 +1179,10 @@ def parse_args(argv=None):
                         default=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                         else os.cpu_count(),
                         help="TF intra-op threads and torch threads (default: usable CPUs)")
+    parser.add_argument("--inter-op-threads", type=int, default=1,
+                        help="TF inter-op threads (default 1, as PyTorch runs one op at a "
+                             "time; 0 keeps TF's default of one per core, which on 2 cores "
+                             "runs two ops of two threads each at once: 4-8%% slower here)")
     parser.add_argument("--size", type=int, help="forward input side (512; quick 128)")
     parser.add_argument("--train-size", type=int, help="training crop side (128; quick 64)")
     parser.add_argument("--train-batch", type=int, help="training batch (2)")
@@ -1144,6 +1261,8 @@ def main(argv=None):
     try:
         # Must happen before TF's runtime starts; torch gets the same count.
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        if args.inter_op_threads:
+            tf.config.threading.set_inter_op_parallelism_threads(args.inter_op_threads)
     except RuntimeError as exc:
         log(f"note: could not set TF threads ({exc})")
 
