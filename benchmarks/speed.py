@@ -24,8 +24,10 @@ separately as `first_ms`):
    it trains at 128 even when `--train-size` is smaller).
 5. `ldv2_block`: the LDv2 layer alone (default config, 64x64 map, X_g 256 +
    X_l 256 = 512 input channels, batch 1), forward and forward+backward,
-   `impl="slices"` (fast) vs `impl="patches"` (reference), graph and XLA;
-   ratio reference/fast.
+   `impl="slices"` (fast; its primitives XLA-compiled inside the graph, the
+   default `jit_slices=True`), `slices_plain` (`jit_slices=False`, plain TF
+   ops) and `impl="patches"` (reference), graph and XLA; ratios over the
+   default.
 6. `memory`: peak memory of one forward and one forward+backward of the ASPP
    module vs the LDv2 block on the 1/8 feature map of a 1024x2048 image
    (ASPP: X (1, 128, 256, 2048) -> 256 ch; LDv2: [X_g (.., 256), X (.., 2048)]).
@@ -899,10 +901,16 @@ def measure_ldv2_block(args, torch, torch_ref, results):
     rng = np.random.default_rng(0)
     xg = tf.constant(rng.standard_normal((1, s, s, 256)), tf.float32)
     xl = tf.constant(rng.standard_normal((1, s, s, 256)), tf.float32)
-    layers = {impl: LDv2(impl=impl, name=f"ldv2_{impl}") for impl in ("slices", "patches")}
+    # "slices": the default (its primitives XLA-compiled inside the graph);
+    # "slices_plain": jit_slices=False, plain TF ops (what exports trace).
+    layers = {
+        "slices": LDv2(impl="slices", name="ldv2_slices"),
+        "slices_plain": LDv2(impl="slices", jit_slices=False, name="ldv2_slices_plain"),
+        "patches": LDv2(impl="patches", name="ldv2_patches"),
+    }
     for layer in layers.values():
         layer.build([tuple(xg.shape), tuple(xl.shape)])
-    layers["patches"].set_weights(layers["slices"].get_weights())
+        layer.set_weights(layers["slices"].get_weights())
 
     from ldv2_impl import layer_fns  # benchmarks/ is on sys.path when run as a script
 
@@ -928,9 +936,10 @@ def measure_ldv2_block(args, torch, torch_ref, results):
                 rows.append(dict(impl=impl, pass_=pass_name, mode=mode,
                                  input=f"1x{s}x{s}x(256+256)", **timing))
                 log(f"    {timing['ms']:.1f} ms")
-            if len(times) == 2:
-                rows.append(dict(impl="patches/slices", pass_=pass_name, mode=mode,
-                                 ratio=times["patches"] / times["slices"]))
+            for other in ("patches", "slices_plain"):
+                if "slices" in times and other in times:
+                    rows.append(dict(impl=f"{other}/slices", pass_=pass_name, mode=mode,
+                                     ratio=times[other] / times["slices"]))
     if torch is not None:
         torch.manual_seed(0)
         block = torch_ref.LDv2(256, 256).to(memory_format=torch.channels_last)
@@ -1122,10 +1131,10 @@ def print_tables(results):
 
     block = results.get("ldv2_block", [])
     if block:
-        log("\n== LDv2 block alone (median ms; ratio = reference patches / fast slices) ==")
+        log("\n== LDv2 block alone (median ms; ratios over the default slices) ==")
         for r in block:
             if "ratio" in r:
-                log(f"{'':<14}{r['pass_']:<9}{r['mode']:<10} patches/slices = {r['ratio']:.2f}x")
+                log(f"{'':<14}{r['pass_']:<9}{r['mode']:<10} {r['impl']} = {r['ratio']:.2f}x")
             elif "ms" in r:
                 log(f"{r['impl']:<14}{r['pass_']:<9}{r['mode']:<12}{r['input']:<22}"
                     f"{r['ms']:>9.1f} ms")

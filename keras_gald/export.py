@@ -24,16 +24,29 @@ Example:
     >>> export.to_tflite(model, "/tmp/gald.tflite")
 """
 
+import functools
 import os
 import pathlib
 
 import tensorflow as tf
 
 from keras_gald.data.normalization import normalize
+from keras_gald.layers import portable_ops
 
 __all__ = ["to_saved_model", "to_onnx", "to_tflite", "EXPORT_FORMATS"]
 
 EXPORT_FORMATS = ("saved_model", "onnx", "tflite")
+
+
+def _portable(export_fn):
+    # Every exported graph is traced with plain TF ops only (no XLA-compiled
+    # LDv2 primitives): converters need them inlined, servers may lack XLA.
+    @functools.wraps(export_fn)
+    def wrapper(*args, **kwargs):
+        with portable_ops():
+            return export_fn(*args, **kwargs)
+
+    return wrapper
 
 
 def _inference_model(model):
@@ -48,6 +61,7 @@ def _logits(net, images):
     return tf.cast(out, tf.float32)
 
 
+@_portable
 def to_saved_model(model, path, normalization="imagenet"):
     """Writes a SavedModel serving uint8 RGB images (see the module docstring).
 
@@ -97,6 +111,7 @@ def _concrete_logits(model, batch=None, input_size=None):
     return logits, spec
 
 
+@_portable
 def to_onnx(model, path, opset=17):
     """Writes an ONNX model `images` (normalised float32 NHWC, dynamic N/H/W) -> `logits`.
 
@@ -163,6 +178,7 @@ def _explicit_same_pads(model_proto):
     return count
 
 
+@_portable
 def to_tflite(model, path, input_size=None, select_tf_ops="auto"):
     """Writes a float32 TFLite model `images (1, H, W, 3)` -> `logits (1, H, W, C)`.
 

@@ -12,6 +12,7 @@ from keras_gald.layers.ldv2 import (
     _local_aggregate,
     _local_logits,
     neighbour_offsets,
+    portable_ops,
 )
 from tests.conftest import assert_close_relative
 from tests.layers._helpers import assert_clone_matches, assert_keras_round_trip, global_policy
@@ -400,6 +401,69 @@ def test_jit_compile_matches_eager(impl):
         assert_close_relative(b.numpy(), a.numpy(), rtol=1e-5)
 
 
+def _xla_calls(concrete):
+    """Function-call ops of a traced graph that TF must compile with XLA."""
+    return [op for op in concrete.graph.get_operations()
+            if op.type in ("PartitionedCall", "StatefulPartitionedCall")
+            and op.node_def.attr["_XlaMustCompile"].b]
+
+
+def _graph_step(layer, cot):
+    @tf.function
+    def step(a, b):
+        with tf.GradientTape() as tape:
+            tape.watch([a, b])
+            y = layer([a, b], training=False)
+            loss = tf.reduce_sum(y * cot)
+        return [y] + tape.gradient(loss, [a, b] + layer.trainable_weights)
+
+    return step
+
+
+@pytest.mark.parametrize("padding", ["zeros", "mask"])
+def test_jit_slices_matches_plain_graph_and_reference(padding):
+    """jit_slices=True (XLA-compiled primitives inside an ordinary graph) gives the
+    values and gradients of the plain slices graph and of the patches reference."""
+    slices, patches, (xg, xl) = _pair((9, 11), num_heads=2, padding=padding)
+    plain = LDv2.from_config({**slices.get_config(), "jit_slices": False, "name": "plain"})
+    plain([xg, xl])
+    plain.set_weights(slices.get_weights())
+    assert slices.jit_slices and not plain.jit_slices
+    cot = tf.constant(np.random.default_rng(4).standard_normal((2, 9, 11, 5 + CL)), tf.float32)
+    args = (tf.constant(xg), tf.constant(xl))
+
+    jit_step = _graph_step(slices, cot)
+    assert len(_xla_calls(jit_step.get_concrete_function(*args))) >= 2  # logits, aggregate
+    got = jit_step(*args)
+    names = ["y", "d_xg", "d_xl"] + [w.path for w in slices.trainable_weights]
+    for layer in (plain, patches):
+        step = _graph_step(layer, cot)
+        assert not _xla_calls(step.get_concrete_function(*args))
+        want = step(*args)
+        assert len(got) == len(want) == len(names) == 1 + 2 + 9
+        for name, a, b in zip(names, got, want):
+            if padding == "mask" and "key_conv/bias" in name:
+                # The key bias cancels in a masked softmax: its gradient is 0 up
+                # to rounding noise, which has no scale to compare relative to.
+                assert np.abs(a.numpy()).max() < 1e-5
+                continue
+            assert_close_relative(a.numpy(), b.numpy(), rtol=1e-5)
+
+
+def test_portable_ops_traces_plain_graph():
+    """Graphs traced under portable_ops() (the exporters) hold no XLA-compiled call."""
+    xg, xl = _inputs(1, 6, 7)
+    layer = LDv2(**SMALL)
+    layer([xg, xl])
+    fn = tf.function(lambda a, b: layer([a, b], training=False))
+    args = (tf.constant(xg), tf.constant(xl))
+    assert _xla_calls(fn.get_concrete_function(*args))
+    with portable_ops():
+        fresh = tf.function(lambda a, b: layer([a, b], training=False))
+        assert not _xla_calls(fresh.get_concrete_function(*args))
+    np.testing.assert_allclose(fresh(*args).numpy(), fn(*args).numpy(), rtol=1e-5, atol=1e-6)
+
+
 def test_onnx_export_dynamic_batch_and_size(tmp_path):
     import onnxruntime as ort  # the [test] extra installs both
     import tf2onnx
@@ -418,7 +482,10 @@ def test_onnx_export_dynamic_batch_and_size(tmp_path):
         return model([x_global, x_local], training=False)
 
     path = tmp_path / "ldv2.onnx"
-    tf2onnx.convert.from_function(serve, input_signature=signature, opset=17, output_path=str(path))
+    # A converter needs every op inlined: trace without the XLA-compiled primitives.
+    with portable_ops():
+        tf2onnx.convert.from_function(serve, input_signature=signature, opset=17,
+                                      output_path=str(path))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
     assert len(names) == 2
