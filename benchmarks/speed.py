@@ -37,6 +37,8 @@ separately as `first_ms`):
    peak minus what was allocated before the call (inputs and weights). The
    growth of the process's `ru_maxrss` over the call is reported as a
    cross-check (it also sees memory allocated outside TF's allocator).
+   `ldv2_slices` is the default layer (XLA-compiled primitives),
+   `ldv2_slices_plain` the same with `jit_slices=False`.
    `ldv2_patches` materialises k^2 = 25 copies of the key/value maps (GBs at
    this size), so it only runs when listed in `--memory-blocks`.
 7. PyTorch (`benchmarks/torch_reference.py`, skipped with a note when `import
@@ -116,7 +118,7 @@ NUM_CLASSES = 19
 IGNORE_INDEX = 255
 MODES = ("fp32", "fp32_xla", "bf16")
 SECTIONS = ("peak", "forward", "train", "ldv2_block", "memory")
-MEMORY_BLOCKS = ("aspp", "ldv2_slices", "ldv2_patches")
+MEMORY_BLOCKS = ("aspp", "ldv2_slices", "ldv2_slices_plain", "ldv2_patches")
 DENSE_OPS = ("Conv2D", "DepthwiseConv2dNative", "MatMul", "BatchMatMul", "BatchMatMulV2",
              "BatchMatMulV3", "Einsum")
 CALL_OPS = ("PartitionedCall", "StatefulPartitionedCall", "While", "StatelessWhile", "If",
@@ -987,7 +989,8 @@ def memory_child(spec):
         layer.build(x.shape)
         call = lambda xs, training: layer(xs[0], training=training)  # noqa: E731
     else:
-        layer = LDv2(impl=spec["block"].split("_")[1], name="ldv2")
+        parts = spec["block"].split("_")  # ldv2_slices, ldv2_slices_plain, ldv2_patches
+        layer = LDv2(impl=parts[1], jit_slices=parts[-1] != "plain", name="ldv2")
         xg = tf.random.normal((n, h, w, 256), seed=1)  # X_g: the ASPP output
         inputs = [xg, x]
         layer.build([tuple(xg.shape), tuple(x.shape)])
@@ -1198,7 +1201,7 @@ def parse_args(argv=None):
     parser.add_argument("--ldv2-size", type=int, help="LDv2 block map side (64; quick 32)")
     parser.add_argument("--memory-hw", help="H,W of the memory test's feature map "
                         "(128,256 = 1/8 of 1024x2048; quick 16,32)")
-    parser.add_argument("--memory-blocks", default="aspp,ldv2_slices",
+    parser.add_argument("--memory-blocks", default="aspp,ldv2_slices,ldv2_slices_plain",
                         help=f"subset of {','.join(MEMORY_BLOCKS)} (ldv2_patches needs GBs)")
     parser.add_argument("--memory-timeout", type=int, default=1800,
                         help="seconds per memory subprocess")
