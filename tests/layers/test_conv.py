@@ -5,7 +5,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_gald.layers.conv import DilatedConv2D, dilated_conv2d
+from keras_gald.layers.conv import (
+    TAPS_MAX_FRACTION,
+    DilatedConv2D,
+    dilated_conv2d,
+    same_padding_taps,
+    taps_fraction,
+)
 from tests.layers._helpers import assert_keras_round_trip, random_input
 
 
@@ -17,18 +23,22 @@ def _loss_and_grads(fn, x, k):
     return [y, *tape.gradient(loss, [x, k])]
 
 
+@pytest.mark.parametrize("method", ["conv", "taps", "auto"])
 @pytest.mark.parametrize("padding", ["SAME", "VALID"])
-@pytest.mark.parametrize("size,rate", [((13, 17), 2), ((33, 47), 6), ((9, 9), 4)])
+@pytest.mark.parametrize("size,rate", [((13, 17), 2), ((33, 47), 6), ((9, 9), 4), ((9, 9), 12)])
 @pytest.mark.parametrize("jit", [False, True])
-def test_custom_gradient_matches_tf_convolution(padding, size, rate, jit):
+def test_custom_gradient_matches_tf_convolution(method, padding, size, rate, jit):
     if padding == "VALID" and min(size) <= 2 * rate:
         pytest.skip("VALID output would be empty")
+    if padding == "VALID" and method == "taps":
+        pytest.skip("taps is SAME-only (test_taps_errors)")
     rng = np.random.default_rng(0)
     x = tf.constant(rng.normal(size=(2, *size, 5)).astype("float32"))
     k = tf.constant(rng.normal(size=(3, 3, 5, 7)).astype("float32"))
 
     def fast(x, k):
-        return _loss_and_grads(lambda a, b: dilated_conv2d(a, b, (rate, rate), padding), x, k)
+        return _loss_and_grads(
+            lambda a, b: dilated_conv2d(a, b, (rate, rate), padding, method=method), x, k)
 
     if jit:
         fast = tf.function(fast, jit_compile=True)
@@ -37,6 +47,43 @@ def test_custom_gradient_matches_tf_convolution(padding, size, rate, jit):
     for a, b in zip(ours, ref):
         scale = float(tf.reduce_max(tf.abs(b)))
         assert float(tf.reduce_max(tf.abs(a - b))) <= 1e-5 * scale
+
+
+def test_taps_geometry():
+    # Rate 36 on a 64-pixel side: the outer taps read 28 of 64 rows / columns.
+    taps = same_padding_taps(64, 64, (3, 3), (36, 36))
+    assert len(taps) == 9
+    assert taps[0] == (0, 0, 36, 64, 36, 64, -36, -36)
+    assert taps[4] == (1, 1, 0, 64, 0, 64, 0, 0)
+    assert taps_fraction(64, 64, (3, 3), (36, 36)) == pytest.approx((64 + 2 * 28) ** 2 / (9 * 64**2))
+    # Rate >= the side: only the centre tap reads the image.
+    assert [t[:2] for t in same_padding_taps(9, 9, (3, 3), (12, 12))] == [(1, 1)]
+    assert taps_fraction(128, 128, (3, 3), (2, 2)) > TAPS_MAX_FRACTION  # backbone rates: conv
+
+
+def _ops(fn, *args):
+    return {op.type for op in tf.function(fn).get_concrete_function(*args).graph.get_operations()}
+
+
+def test_auto_picks_taps_only_where_most_taps_read_padding():
+    k = tf.zeros((3, 3, 4, 6))
+    small = tf.TensorSpec((1, 32, 32, 4), tf.float32)  # fractions 0.56 and 0.92
+    assert "Conv2D" not in _ops(lambda x: dilated_conv2d(x, k, (12, 12), "SAME"), small)
+    assert "Conv2D" in _ops(lambda x: dilated_conv2d(x, k, (2, 2), "SAME"), small)
+    dynamic = tf.TensorSpec((1, None, None, 4), tf.float32)
+    assert "Conv2D" in _ops(lambda x: dilated_conv2d(x, k, (12, 12), "SAME"), dynamic)
+
+
+def test_taps_errors():
+    x, k = tf.zeros((1, 9, 9, 2)), tf.zeros((3, 3, 2, 2))
+    with pytest.raises(ValueError, match='needs padding="SAME"'):
+        dilated_conv2d(x, k, (2, 2), "VALID", method="taps")
+    with pytest.raises(ValueError, match="method must be one of"):
+        dilated_conv2d(x, k, (2, 2), "SAME", method="fast")
+    dynamic = tf.TensorSpec((1, None, None, 2), tf.float32)
+    with pytest.raises(ValueError, match="static H, W"):
+        tf.function(lambda t: dilated_conv2d(t, k, (2, 2), "SAME", method="taps")
+                    ).get_concrete_function(dynamic)
 
 
 @pytest.mark.parametrize("kernel_size,rate,padding", [(3, 2, "same"), (3, 1, "same"), (1, 1, "valid"), (3, 3, "valid"), (2, 2, "same")])
