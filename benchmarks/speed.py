@@ -28,6 +28,11 @@ separately as `first_ms`):
    default `jit_slices=True`), `slices_plain` (`jit_slices=False`, plain TF
    ops) and `impl="patches"` (reference), graph and XLA; ratios over the
    default.
+5b. `dilated_conv`: one 3x3 dilated conv of ASPP's shape (2048 -> 256, SAME)
+   at rates 2/12/24/36, on the 1/8 map of the forward image (batch 1) and of
+   the training crop: `dilated_conv2d(method="conv")` vs the default `"auto"`
+   (one matmul per tap over the region it reads, when most taps read
+   padding), forward and forward+backward, and PyTorch's dilated conv.
 6. `memory`: peak memory of one forward and one forward+backward of the ASPP
    module vs the LDv2 block on the 1/8 feature map of a 1024x2048 image
    (ASPP: X (1, 128, 256, 2048) -> 256 ch; LDv2: [X_g (.., 256), X (.., 2048)]).
@@ -117,7 +122,7 @@ import numpy as np  # noqa: E402
 NUM_CLASSES = 19
 IGNORE_INDEX = 255
 MODES = ("fp32", "fp32_xla", "bf16")
-SECTIONS = ("peak", "forward", "train", "ldv2_block", "memory")
+SECTIONS = ("peak", "forward", "train", "ldv2_block", "dilated_conv", "memory")
 MEMORY_BLOCKS = ("aspp", "ldv2_slices", "ldv2_slices_plain", "ldv2_patches")
 DENSE_OPS = ("Conv2D", "DepthwiseConv2dNative", "MatMul", "BatchMatMul", "BatchMatMulV2",
              "BatchMatMulV3", "Einsum")
@@ -159,6 +164,7 @@ SETTINGS = {
     "train_size": (128, 64),
     "train_batch": (2, 2),
     "ldv2_size": (64, 32),
+    "dilated_channels": ("2048,256", "256,64"),
     "memory_hw": ("128,256", "16,32"),
     "peak_matmul": (2048, 512),
     "peak_conv": (128, 64),
@@ -967,6 +973,76 @@ def measure_ldv2_block(args, torch, torch_ref, results):
     save_json(args, results)
 
 
+# ------------------------------------------------------ 5b. dilated conv
+
+
+def measure_dilated_conv(args, torch, results):
+    """One 3x3 dilated conv (ASPP's shape: C_in -> C_out, SAME) per rate, on the
+    1/8 map of a `--size` image (batch 1) and of a `--train-size` crop (batch
+    `--train-batch`): `dilated_conv2d(method="conv")` vs the default `"auto"`
+    (per-tap matmuls where most taps read padding), forward and forward +
+    backward (gradients of input and kernel); PyTorch's dilated conv alongside."""
+    import tensorflow as tf
+
+    from keras_gald.layers.conv import dilated_conv2d, taps_fraction
+
+    c_in, c_out = (int(v) for v in args.dilated_channels.split(","))
+    rows = []
+    maps = [(1, args.size // 8), (args.train_batch, args.train_size // 8)]
+    for batch, side in maps:
+        x = tf.random.normal((batch, side, side, c_in), seed=0)
+        k = tf.random.normal((3, 3, c_in, c_out), seed=1) * 0.02
+        for rate in (2, 12, 24, 36):
+            fraction = taps_fraction(side, side, (3, 3), (rate, rate))
+            times = {}
+            for pass_name in ("fwd", "fwd+bwd"):
+                for method in ("conv", "auto"):
+                    def run(x, k, method=method, backward=pass_name == "fwd+bwd"):
+                        if not backward:
+                            return dilated_conv2d(x, k, (rate, rate), "SAME", method=method)
+                        with tf.GradientTape() as tape:
+                            tape.watch([x, k])
+                            y = dilated_conv2d(x, k, (rate, rate), "SAME", method=method)
+                            loss = tf.reduce_sum(y * y)
+                        return tape.gradient(loss, [x, k])
+
+                    fn = tf.function(run)
+                    label = f"{batch}x{side}x{side}x{c_in}->{c_out} r{rate}"
+                    log(f"[dilated_conv] {method} {pass_name} {label} ...")
+                    timing = time_calls(lambda: _sync_tf(fn(x, k)), args.warmup, args.repeats)
+                    times[(pass_name, method)] = timing["ms"]
+                    rows.append(dict(method=method, pass_=pass_name, rate=rate, input=label,
+                                     taps_fraction=fraction, **timing))
+                    log(f"    {timing['ms']:.1f} ms")
+                if torch is not None:
+                    conv = torch.nn.Conv2d(c_in, c_out, 3, padding=rate, dilation=rate,
+                                           bias=False).to(memory_format=torch.channels_last)
+                    xt = torch.randn(batch, c_in, side, side).contiguous(
+                        memory_format=torch.channels_last)
+
+                    def torch_call(backward=pass_name == "fwd+bwd"):
+                        if not backward:
+                            with torch.inference_mode():
+                                conv(xt)
+                            return
+                        x_ = xt.detach().requires_grad_()
+                        conv(x_).square().sum().backward()
+
+                    timing = time_calls(torch_call, args.warmup, args.repeats)
+                    times[(pass_name, "torch")] = timing["ms"]
+                    rows.append(dict(method="torch_eager", pass_=pass_name, rate=rate,
+                                     input=label, taps_fraction=fraction, **timing))
+                    log(f"    torch {timing['ms']:.1f} ms")
+                rows.append(dict(method="conv/auto", pass_=pass_name, rate=rate, input=label,
+                                 taps_fraction=fraction,
+                                 ratio=times[(pass_name, "conv")] / times[(pass_name, "auto")],
+                                 auto_over_torch=(times[(pass_name, "auto")]
+                                                  / times[(pass_name, "torch")]
+                                                  if (pass_name, "torch") in times else None)))
+    results["dilated_conv"] = rows
+    save_json(args, results)
+
+
 # --------------------------------------------------------------- 6. memory
 
 
@@ -1144,6 +1220,19 @@ def print_tables(results):
             else:
                 log(f"{r['impl']:<14}{r['pass_']:<9}{r['mode']:<12} ERROR {r['error'][:60]}")
 
+    dilated = [r for r in results.get("dilated_conv", []) if "ratio" in r]
+    if dilated:
+        log("\n== Dilated 3x3 conv (SAME): conv = tf.nn.conv2d(dilations), auto = per-tap "
+            "matmuls where most taps read padding ==")
+        times = {(r["input"], r["pass_"], r["method"]): r["ms"]
+                 for r in results["dilated_conv"] if "ms" in r}
+        for r in dilated:
+            key = (r["input"], r["pass_"])
+            log(f"{r['input']:<34}{r['pass_']:<9}taps {r['taps_fraction']:.2f}  conv "
+                f"{times[key + ('conv',)]:>8.1f}  auto {times[key + ('auto',)]:>8.1f}  torch "
+                f"{_fmt(times.get(key + ('torch_eager',)), '8.1f')} ms  conv/auto "
+                f"{r['ratio']:.2f}  auto/torch {_fmt(r['auto_over_torch'], '.2f')}")
+
     memory = results.get("memory", [])
     if memory:
         log("\n== Peak memory (TF BFC allocator peak above inputs+weights; maxrss growth) ==")
@@ -1199,6 +1288,8 @@ def parse_args(argv=None):
     parser.add_argument("--train-size", type=int, help="training crop side (128; quick 64)")
     parser.add_argument("--train-batch", type=int, help="training batch (2)")
     parser.add_argument("--ldv2-size", type=int, help="LDv2 block map side (64; quick 32)")
+    parser.add_argument("--dilated-channels",
+                        help="C_in,C_out of the dilated_conv section (2048,256; quick 256,64)")
     parser.add_argument("--memory-hw", help="H,W of the memory test's feature map "
                         "(128,256 = 1/8 of 1024x2048; quick 16,32)")
     parser.add_argument("--memory-blocks", default="aspp,ldv2_slices,ldv2_slices_plain",
@@ -1340,6 +1431,8 @@ def main(argv=None):
         ld_overhead(results)
     if "train" in args.sections:
         measure_train(args, torch, torch_ref, results)
+    if "dilated_conv" in args.sections:
+        measure_dilated_conv(args, torch, results)
     if "ldv2_block" in args.sections:
         measure_ldv2_block(args, torch, torch_ref, results)
     if "memory" in args.sections:

@@ -29,10 +29,13 @@ import tensorflow as tf
 from keras_gald.layers.sequencing import after
 
 
-# Below this share of the dense work (taps x output pixels) the per-tap matmuls
-# win: a tap matmul runs at the dense conv's speed (rate 1, 64x64x2048 -> 256:
-# 275 vs 264 ms), so the break-even is near 0.95; 0.85 keeps a margin.
-TAPS_MAX_FRACTION = 0.85
+# At or below this share of the dense work (taps x output pixels) the per-tap
+# matmuls win. Measured on a 2-core CPU: near 0.84 it is a toss-up (2x16x16,
+# 256 ch, rate 2: forward 6.4 -> 5.9 ms but forward+backward 16.7 -> 18.5 ms;
+# 64x64x512, rate 8: 128 -> 135 / 434 -> 418 ms); at 0.77 (ASPP rate 12 on a
+# 64x64 map) the taps are 16 % faster, at 0.69 (16x16x512, rate 4) forward +
+# backward 72 -> 53 ms.
+TAPS_MAX_FRACTION = 0.8
 _METHODS = ("auto", "conv", "taps")
 
 
