@@ -193,7 +193,10 @@ class DilatedConv2D(keras.layers.Conv2D):
     Same constructor, weights layout (kernel `(kh, kw, C_in // groups, filters)`)
     and config as `keras.layers.Conv2D`; use it wherever `dilation_rate > 1`
     (at rate 1 it is plain `tf.nn.conv2d`, identical to `Conv2D`). Grouped
-    convolutions fall back to Keras' own path.
+    convolutions fall back to Keras' own path. With `padding="same"` and a
+    static input size where at most `TAPS_MAX_FRACTION` of the taps' work
+    reads the image (large rates on small maps), it runs one matmul per tap
+    over the region that tap reads (`dilated_conv2d(method="auto")`).
 
     Input shape: `(N, H, W, C_in)`. Output shape: `(N, H', W', filters)`.
 
