@@ -584,6 +584,21 @@ def _inference_fn(model, jit=False):
     return tf.function(lambda x: model(x, training=False), jit_compile=jit)
 
 
+def _time_keras(args, row, keras_fn, torch_job):
+    """Times `keras_fn` into `row`. In fp32 with a PyTorch twin (`torch_job`), both are
+    timed in turns and the twin's stats are returned (`{torch mode: stats}`)."""
+    if row["mode"] != "fp32" or torch_job is None:
+        row.update(time_calls(keras_fn, args.warmup, args.repeats))
+        return None
+    stats, times = time_interleaved({"keras": keras_fn, **torch_job["fns"]},
+                                    args.warmup, args.repeats)
+    row.update(stats.pop("keras"))
+    row["keras_over_torch_paired"] = paired_ratio(times["keras"], times["torch_eager"])
+    log("    in turns with " + ", ".join(f"{m} {st['ms']:.1f} ms" for m, st in stats.items())
+        + f"; Keras/PyTorch per round {row['keras_over_torch_paired']:.3f}")
+    return stats
+
+
 def measure_forward(args, torch, torch_ref, results):
     import tensorflow as tf
 
@@ -620,20 +635,8 @@ def measure_forward(args, torch, torch_ref, results):
                 def keras_call(fn=fn):
                     _sync_tf(fn(images))
 
-                if mode == "fp32" and torch_job is not None:
-                    # fp32 is the mode compared with PyTorch: time both in turns.
-                    stats, times = time_interleaved({mode: keras_call, **torch_job["fns"]},
-                                                    args.warmup, args.repeats)
-                    row.update(stats.pop(mode))
-                    torch_stats = stats
-                    row["keras_over_torch_paired"] = paired_ratio(times[mode],
-                                                                  times["torch_eager"])
-                    log(f"    {row['ms']:.1f} ms (first call {row['first_ms']:.0f} ms), "
-                        + ", ".join(f"{m} {st['ms']:.1f} ms" for m, st in stats.items())
-                        + f"; Keras/PyTorch per round {row['keras_over_torch_paired']:.3f}")
-                else:
-                    row.update(time_calls(keras_call, args.warmup, args.repeats))
-                    log(f"    {row['ms']:.1f} ms (first call {row['first_ms']:.0f} ms)")
+                torch_stats = _time_keras(args, row, keras_call, torch_job) or torch_stats
+                log(f"    {row['ms']:.1f} ms (first call {row['first_ms']:.0f} ms)")
             except Exception as exc:  # noqa: BLE001 - keep the run going, report it
                 row["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
                 log(f"    FAILED: {row['error']}")
@@ -715,24 +718,28 @@ def _torch_forward_job(args, torch, torch_ref, cfg, height, width):
                 torch_gflop=torch_flops(torch, torch_ref, cfg, height, width))
 
 
+def _torch_row(args, section, name, mode, size, call, stats):
+    """A PyTorch row: its stats from the in-turns run, or `call` timed alone now."""
+    row = dict(config=name, mode=mode, input=size)
+    if mode in stats:
+        row.update(stats[mode])
+        return row
+    log(f"[{section}] {name} {mode} {size} ...")
+    try:
+        row.update(time_calls(call, args.warmup, args.repeats))
+        log(f"    {row['ms']:.1f} ms (first call {row['first_ms']:.0f} ms)")
+    except Exception as exc:  # noqa: BLE001
+        row["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+        log(f"    FAILED: {row['error']}")
+    return row
+
+
 def _torch_forward_rows(args, job, stats, name, height, width, rows, results, flops):
     """Rows for the PyTorch variants: timings from the interleaved fp32 run
     (`stats`), or timed alone here when fp32 was not among the modes."""
     for mode, call in job["fns"].items():
-        row = dict(config=name, mode=mode, input=f"1x{height}x{width}",
-                   torch_gflop=job["torch_gflop"])
-        if mode in stats:
-            row.update(stats[mode])
-        else:
-            log(f"[forward] {name} {mode} {height}x{width} ...")
-            try:
-                row.update(time_calls(call, args.warmup, args.repeats))
-            except Exception as exc:  # noqa: BLE001
-                row["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
-                log(f"    FAILED: {row['error']}")
-            if "ms" in row:
-                log(f"    {row['ms']:.1f} ms (first call {row['first_ms']:.0f} ms), "
-                    f"torch-counted {_fmt(job['torch_gflop'], '.2f')} GFLOP")
+        row = _torch_row(args, "forward", name, mode, f"1x{height}x{width}", call, stats)
+        row["torch_gflop"] = job["torch_gflop"]
         if flops and "ms" in row:
             # The Keras graph's dense FLOPs: the same network, so the same work.
             row["gflop"] = flops["gflop"]
@@ -828,18 +835,7 @@ def measure_train(args, torch, torch_ref, results):
                 def keras_step(model=model):
                     model.train_on_batch(images, labels)
 
-                if mode == "fp32" and torch_job is not None:
-                    stats, times = time_interleaved({mode: keras_step, **torch_job["fns"]},
-                                                    args.warmup, args.repeats)
-                    row.update(stats.pop(mode))
-                    torch_stats = stats
-                    row["keras_over_torch_paired"] = paired_ratio(times[mode],
-                                                                  times["torch_eager"])
-                    log("    " + ", ".join(f"{m} {st['ms']:.1f} ms/step" for m, st in
-                                           stats.items())
-                        + f"; Keras/PyTorch per round {row['keras_over_torch_paired']:.3f}")
-                else:
-                    row.update(time_calls(keras_step, args.warmup, args.repeats))
+                torch_stats = _time_keras(args, row, keras_step, torch_job) or torch_stats
             except Exception as exc:  # noqa: BLE001
                 row["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
                 log(f"    FAILED: {row['error']}")
@@ -852,18 +848,8 @@ def measure_train(args, torch, torch_ref, results):
                 log(f"    {row['ms']:.1f} ms/step (first call {row['first_ms']:.0f} ms)")
         if torch_job is not None:
             for mode, step in torch_job["fns"].items():
-                row = dict(config=name, mode=mode, input=f"{batch}x{size}x{size}")
-                if mode in torch_stats:
-                    row.update(torch_stats[mode])
-                else:
-                    log(f"[train] {name} {mode} {batch}x{size}x{size} ...")
-                    try:
-                        row.update(time_calls(step, args.warmup, args.repeats))
-                        log(f"    {row['ms']:.1f} ms/step (first call {row['first_ms']:.0f} ms)")
-                    except Exception as exc:  # noqa: BLE001
-                        row["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
-                        log(f"    FAILED: {row['error']}")
-                rows.append(row)
+                rows.append(_torch_row(args, "train", name, mode, f"{batch}x{size}x{size}",
+                                       step, torch_stats))
             attach_torch_ratios(rows, name, f"{batch}x{size}x{size}")
             del torch_job
             gc.collect()

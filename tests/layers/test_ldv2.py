@@ -377,14 +377,8 @@ def test_mixed_bfloat16(bfloat16_policy, impl):
     assert all(g is not None and np.all(np.isfinite(g.numpy())) for g in grads)
 
 
-@pytest.mark.parametrize("impl", ["slices", "patches"])
-def test_jit_compile_matches_eager(impl):
-    xg, xl = _inputs(2, 9, 7)
-    # padding="zeros": under "mask" the key-bias gradient is exactly 0 and only rounding noise.
-    layer = LDv2(impl=impl, num_heads=2, padding="zeros", **SMALL)
-    layer([xg, xl])
-    _randomize(layer)
-    cot = tf.constant(np.random.default_rng(3).standard_normal((2, 9, 7, 5 + CL)), tf.float32)
+def _step_fn(layer, cot):
+    """`(x_global, x_local) -> [y, d/dx_global, d/dx_local, d/dweights...]` of sum(y * cot)."""
 
     def step(a, b):
         with tf.GradientTape() as tape:
@@ -393,6 +387,18 @@ def test_jit_compile_matches_eager(impl):
             loss = tf.reduce_sum(y * cot)
         return [y] + tape.gradient(loss, [a, b] + layer.trainable_weights)
 
+    return step
+
+
+@pytest.mark.parametrize("impl", ["slices", "patches"])
+def test_jit_compile_matches_eager(impl):
+    xg, xl = _inputs(2, 9, 7)
+    # padding="zeros": under "mask" the key-bias gradient is exactly 0 and only rounding noise.
+    layer = LDv2(impl=impl, num_heads=2, padding="zeros", **SMALL)
+    layer([xg, xl])
+    _randomize(layer)
+    cot = tf.constant(np.random.default_rng(3).standard_normal((2, 9, 7, 5 + CL)), tf.float32)
+    step = _step_fn(layer, cot)
     eager = step(tf.constant(xg), tf.constant(xl))
     jitted = tf.function(step, jit_compile=True)(tf.constant(xg), tf.constant(xl))
     assert len(eager) == len(jitted) == 1 + 2 + 9
@@ -409,15 +415,7 @@ def _xla_calls(concrete):
 
 
 def _graph_step(layer, cot):
-    @tf.function
-    def step(a, b):
-        with tf.GradientTape() as tape:
-            tape.watch([a, b])
-            y = layer([a, b], training=False)
-            loss = tf.reduce_sum(y * cot)
-        return [y] + tape.gradient(loss, [a, b] + layer.trainable_weights)
-
-    return step
+    return tf.function(_step_fn(layer, cot))
 
 
 @pytest.mark.parametrize("padding", ["zeros", "mask"])
