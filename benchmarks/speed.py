@@ -53,7 +53,8 @@ separately as `first_ms`):
    (`--threads`); TF runs one op at a time (`--inter-op-threads 1`) as
    PyTorch does. Rows give Keras/PyTorch time ratios (>1: Keras slower).
    In fp32 the Keras model and its PyTorch twin are timed in turns
-   (`time_interleaved`: one call of each per round), so a slow spell of a
+   (`time_interleaved`: one call of each per round; training steps get one
+   untimed settling call before each timed one), so a slow spell of a
    shared machine slows both: `keras_over_torch` is the ratio of the two
    medians, `keras_over_torch_paired` ("K/T rnd") the median of the
    per-round ratios.
@@ -202,11 +203,15 @@ def time_calls(fn, warmup, repeats):
     }
 
 
-def time_interleaved(fns, warmup, repeats):
+def time_interleaved(fns, warmup, repeats, settle=0):
     """Times several callables round-robin: `warmup` calls of each, then
     `repeats` rounds that call each once (the order reversed every other
     round). A slow spell on a shared machine then hits every callable alike,
     so their ratios stay meaningful where back-to-back blocks of calls drift.
+    `settle` untimed calls precede each timed one: a training step right after
+    the other framework's step ran slower (Keras R50 + ASPP + LDv2, 2x128x128:
+    1786 ms alone in an ad-hoc script, 2254 ms in plain turns with PyTorch);
+    the cause (caches, freed memory faulted back in) is not pinned down.
 
     Returns `({name: time_calls-style stats}, {name: [ms per round]})`.
     """
@@ -220,6 +225,8 @@ def time_interleaved(fns, warmup, repeats):
     names = list(fns)
     for round_ in range(repeats):
         for name in names if round_ % 2 == 0 else names[::-1]:
+            for _ in range(settle):
+                fns[name]()
             start = time.perf_counter()
             fns[name]()
             times[name].append((time.perf_counter() - start) * 1e3)
@@ -584,14 +591,16 @@ def _inference_fn(model, jit=False):
     return tf.function(lambda x: model(x, training=False), jit_compile=jit)
 
 
-def _time_keras(args, row, keras_fn, torch_job):
+def _time_keras(args, row, keras_fn, torch_job, settle=0):
     """Times `keras_fn` into `row`. In fp32 with a PyTorch twin (`torch_job`), both are
-    timed in turns and the twin's stats are returned (`{torch mode: stats}`)."""
+    timed in turns (`settle` untimed calls before each timed one) and the twin's stats
+    are returned (`{torch mode: stats}`)."""
     if row["mode"] != "fp32" or torch_job is None:
         row.update(time_calls(keras_fn, args.warmup, args.repeats))
         return None
     stats, times = time_interleaved({"keras": keras_fn, **torch_job["fns"]},
-                                    args.warmup, args.repeats)
+                                    args.warmup, args.repeats, settle=settle)
+    row["settle_calls"] = settle
     row.update(stats.pop("keras"))
     row["keras_over_torch_paired"] = paired_ratio(times["keras"], times["torch_eager"])
     log("    in turns with " + ", ".join(f"{m} {st['ms']:.1f} ms" for m, st in stats.items())
@@ -835,7 +844,8 @@ def measure_train(args, torch, torch_ref, results):
                 def keras_step(model=model):
                     model.train_on_batch(images, labels)
 
-                torch_stats = _time_keras(args, row, keras_step, torch_job) or torch_stats
+                torch_stats = (_time_keras(args, row, keras_step, torch_job, settle=1)
+                               or torch_stats)
             except Exception as exc:  # noqa: BLE001
                 row["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
                 log(f"    FAILED: {row['error']}")
