@@ -19,8 +19,8 @@ map of a 512x512 image), most taps of a "SAME" convolution read padding: at
 rate 36 the eight outer taps overlap the image on 28 of 64 rows or columns.
 `dilated_conv2d` then computes each tap as one matmul over the region where it
 reads the image (forward and both gradients), skipping the zeros exactly;
-at 64x64, 2048 -> 256 channels on a 2-core CPU: 294 -> 155 ms at rate 36,
-266 -> 224 ms at rate 12 (`benchmarks/speed.py --sections dilated_conv`).
+at 64x64, 2048 -> 256 channels on a 2-core CPU, forward: 267 -> 120 ms at
+rate 36, 273 -> 235 ms at rate 12 (`benchmarks/speed.py --sections dilated_conv`).
 """
 
 import keras
