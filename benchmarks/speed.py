@@ -28,11 +28,12 @@ separately as `first_ms`):
    default `jit_slices=True`), `slices_plain` (`jit_slices=False`, plain TF
    ops) and `impl="patches"` (reference), graph and XLA; ratios over the
    default.
-5b. `dilated_conv`: one 3x3 dilated conv of ASPP's shape (2048 -> 256, SAME)
-   at rates 2/12/24/36, on the 1/8 map of the forward image (batch 1) and of
-   the training crop: `dilated_conv2d(method="conv")` vs the default `"auto"`
-   (one matmul per tap over the region it reads, when most taps read
-   padding), forward and forward+backward, and PyTorch's dilated conv.
+5b. `dilated_conv`: one 3x3 conv of ASPP's shape (2048 -> 256, SAME) at rates
+   1/2/12/24/36, on the 1/8 map of the forward image (batch 1) and of the
+   training crop: `dilated_conv2d(method="conv")` (hand-written gradient) vs
+   `method="taps"` (one matmul per tap over the region it reads), TF's own
+   gradient at rate 1, which `method="auto"` picks, forward and
+   forward+backward, and PyTorch's conv.
 6. `memory`: peak memory of one forward and one forward+backward of the ASPP
    module vs the LDv2 block on the 1/8 feature map of a 1024x2048 image
    (ASPP: X (1, 128, 256, 2048) -> 256 ch; LDv2: [X_g (.., 256), X (.., 2048)]).
@@ -973,14 +974,17 @@ def measure_ldv2_block(args, torch, torch_ref, results):
 
 
 def measure_dilated_conv(args, torch, results):
-    """One 3x3 dilated conv (ASPP's shape: C_in -> C_out, SAME) per rate, on the
-    1/8 map of a `--size` image (batch 1) and of a `--train-size` crop (batch
-    `--train-batch`): `dilated_conv2d(method="conv")` vs the default `"auto"`
-    (per-tap matmuls where most taps read padding), forward and forward +
-    backward (gradients of input and kernel); PyTorch's dilated conv alongside."""
+    """One 3x3 conv of ASPP's shape (C_in -> C_out, SAME) per rate, on the 1/8 map
+    of a `--size` image (batch 1) and of a `--train-size` crop (batch
+    `--train-batch`), forward and forward + backward (input and kernel
+    gradients): `dilated_conv2d(method="conv")` (tf.nn.conv2d forward,
+    hand-written gradient), `method="taps"` (one matmul per tap over the region
+    it reads) and, at rate 1, `tf` (tf.nn.conv2d with TF's own gradient; TF's
+    CPU backprop kernels reject rates > 1); which one `method="auto"` picks;
+    PyTorch's conv alongside."""
     import tensorflow as tf
 
-    from keras_gald.layers.conv import dilated_conv2d, taps_fraction
+    from keras_gald.layers.conv import TAPS_MAX_FRACTION, dilated_conv2d, taps_fraction
 
     c_in, c_out = (int(v) for v in args.dilated_channels.split(","))
     rows = []
@@ -988,53 +992,55 @@ def measure_dilated_conv(args, torch, results):
     for batch, side in maps:
         x = tf.random.normal((batch, side, side, c_in), seed=0)
         k = tf.random.normal((3, 3, c_in, c_out), seed=1) * 0.02
-        for rate in (2, 12, 24, 36):
+        for rate in (1, 2, 12, 24, 36):
             fraction = taps_fraction(side, side, (3, 3), (rate, rate))
-            times = {}
+            label = f"{batch}x{side}x{side}x{c_in}->{c_out} r{rate}"
+            convs = {
+                "conv": lambda x, k, r=rate: dilated_conv2d(x, k, (r, r), "SAME", method="conv"),
+                "taps": lambda x, k, r=rate: dilated_conv2d(x, k, (r, r), "SAME", method="taps"),
+            }
+            if rate == 1:
+                convs["tf"] = lambda x, k: tf.nn.conv2d(x, k, 1, "SAME")
             for pass_name in ("fwd", "fwd+bwd"):
-                for method in ("conv", "auto"):
-                    def run(x, k, method=method, backward=pass_name == "fwd+bwd"):
+                times = {}
+                for method, conv in convs.items():
+                    def run(x, k, conv=conv, backward=pass_name == "fwd+bwd"):
                         if not backward:
-                            return dilated_conv2d(x, k, (rate, rate), "SAME", method=method)
+                            return conv(x, k)
                         with tf.GradientTape() as tape:
                             tape.watch([x, k])
-                            y = dilated_conv2d(x, k, (rate, rate), "SAME", method=method)
+                            y = conv(x, k)
                             loss = tf.reduce_sum(y * y)
                         return tape.gradient(loss, [x, k])
 
                     fn = tf.function(run)
-                    label = f"{batch}x{side}x{side}x{c_in}->{c_out} r{rate}"
                     log(f"[dilated_conv] {method} {pass_name} {label} ...")
                     timing = time_calls(lambda: _sync_tf(fn(x, k)), args.warmup, args.repeats)
-                    times[(pass_name, method)] = timing["ms"]
-                    rows.append(dict(method=method, pass_=pass_name, rate=rate, input=label,
-                                     taps_fraction=fraction, **timing))
+                    times[method] = timing["ms"]
                     log(f"    {timing['ms']:.1f} ms")
                 if torch is not None:
-                    conv = torch.nn.Conv2d(c_in, c_out, 3, padding=rate, dilation=rate,
-                                           bias=False).to(memory_format=torch.channels_last)
+                    conv_t = torch.nn.Conv2d(c_in, c_out, 3, padding=rate, dilation=rate,
+                                             bias=False).to(memory_format=torch.channels_last)
                     xt = torch.randn(batch, c_in, side, side).contiguous(
                         memory_format=torch.channels_last)
 
                     def torch_call(backward=pass_name == "fwd+bwd"):
                         if not backward:
                             with torch.inference_mode():
-                                conv(xt)
+                                conv_t(xt)
                             return
                         x_ = xt.detach().requires_grad_()
-                        conv(x_).square().sum().backward()
+                        conv_t(x_).square().sum().backward()
 
-                    timing = time_calls(torch_call, args.warmup, args.repeats)
-                    times[(pass_name, "torch")] = timing["ms"]
-                    rows.append(dict(method="torch_eager", pass_=pass_name, rate=rate,
-                                     input=label, taps_fraction=fraction, **timing))
-                    log(f"    torch {timing['ms']:.1f} ms")
-                rows.append(dict(method="conv/auto", pass_=pass_name, rate=rate, input=label,
-                                 taps_fraction=fraction,
-                                 ratio=times[(pass_name, "conv")] / times[(pass_name, "auto")],
-                                 auto_over_torch=(times[(pass_name, "auto")]
-                                                  / times[(pass_name, "torch")]
-                                                  if (pass_name, "torch") in times else None)))
+                    times["torch_eager"] = time_calls(torch_call, args.warmup,
+                                                      args.repeats)["ms"]
+                    log(f"    torch {times['torch_eager']:.1f} ms")
+                auto = "taps" if fraction <= TAPS_MAX_FRACTION else "conv"
+                rows.append(dict(pass_=pass_name, rate=rate, input=label, taps_fraction=fraction,
+                                 ms=times, auto=auto,
+                                 conv_over_taps=times["conv"] / times["taps"],
+                                 auto_over_torch=(times[auto] / times["torch_eager"]
+                                                  if "torch_eager" in times else None)))
     results["dilated_conv"] = rows
     save_json(args, results)
 
@@ -1216,18 +1222,15 @@ def print_tables(results):
             else:
                 log(f"{r['impl']:<14}{r['pass_']:<9}{r['mode']:<12} ERROR {r['error'][:60]}")
 
-    dilated = [r for r in results.get("dilated_conv", []) if "ratio" in r]
+    dilated = results.get("dilated_conv", [])
     if dilated:
-        log("\n== Dilated 3x3 conv (SAME): conv = tf.nn.conv2d(dilations), auto = per-tap "
-            "matmuls where most taps read padding ==")
-        times = {(r["input"], r["pass_"], r["method"]): r["ms"]
-                 for r in results["dilated_conv"] if "ms" in r}
+        log("\n== 3x3 conv (SAME), median ms: conv = tf.nn.conv2d + hand-written gradient, "
+            "taps = one matmul per tap, tf = TF's own gradient (rate 1); auto picks ==")
         for r in dilated:
-            key = (r["input"], r["pass_"])
-            log(f"{r['input']:<34}{r['pass_']:<9}taps {r['taps_fraction']:.2f}  conv "
-                f"{times[key + ('conv',)]:>8.1f}  auto {times[key + ('auto',)]:>8.1f}  torch "
-                f"{_fmt(times.get(key + ('torch_eager',)), '8.1f')} ms  conv/auto "
-                f"{r['ratio']:.2f}  auto/torch {_fmt(r['auto_over_torch'], '.2f')}")
+            times = "  ".join(f"{m} {ms:8.1f}" for m, ms in r["ms"].items())
+            log(f"{r['input']:<34}{r['pass_']:<9}taps share {r['taps_fraction']:.2f}  {times}"
+                f"  conv/taps {r['conv_over_taps']:.2f}  auto={r['auto']} "
+                f"auto/torch {_fmt(r['auto_over_torch'], '.2f')}")
 
     memory = results.get("memory", [])
     if memory:

@@ -154,9 +154,9 @@ def _compiled_primitive(name, offsets, pad):
     return tf.function(lambda a, b: fn(a, b, offsets, pad), jit_compile=True, autograph=False)
 
 
-def _primitive(name, offsets, pad, jit):
-    """`_corr` / `_agg` / `_agg_t` for `(offsets, pad)`, XLA-compiled when `jit`
-    and tracing a graph outside `portable_ops()`.
+def _primitives(offsets, pad, jit):
+    """`(corr, agg, agg_t)` for `(offsets, pad)`, XLA-compiled when `jit` and
+    tracing a graph outside `portable_ops()`.
 
     Why: TF's graph executor runs the `k^2` slice-multiply-sum steps as ~4 k^2
     separate kernels, each a pass over a feature-sized tensor; XLA fuses each
@@ -168,14 +168,17 @@ def _primitive(name, offsets, pad, jit):
     """
     offsets = tuple(tuple(o) for o in offsets)
     if jit and not _portable_depth and not tf.executing_eagerly():
-        return _compiled_primitive(name, offsets, pad)
-    fn = _PRIMITIVES[name]
-    return lambda a, b: fn(a, b, offsets, pad)
+        return tuple(_compiled_primitive(name, offsets, pad) for name in _PRIMITIVES)
+    return tuple(functools.partial(_bind, fn, offsets, pad) for fn in _PRIMITIVES.values())
+
+
+def _bind(fn, offsets, pad, a, b):
+    return fn(a, b, offsets, pad)
 
 
 def _local_logits(q, k, offsets, pad, jit=False):
     """`_corr` with a gradient that never holds `k^2` feature-sized tensors."""
-    corr, agg, agg_t = (_primitive(n, offsets, pad, jit) for n in ("corr", "agg", "agg_t"))
+    corr, agg, agg_t = _primitives(offsets, pad, jit)
 
     @tf.custom_gradient
     def local_logits(q, k):
@@ -189,7 +192,7 @@ def _local_logits(q, k, offsets, pad, jit=False):
 
 def _local_aggregate(w, v, offsets, pad, jit=False):
     """`_agg` with a gradient that never holds `k^2` feature-sized tensors."""
-    corr, agg, agg_t = (_primitive(n, offsets, pad, jit) for n in ("corr", "agg", "agg_t"))
+    corr, agg, agg_t = _primitives(offsets, pad, jit)
 
     @tf.custom_gradient
     def local_aggregate(w, v):
