@@ -211,8 +211,9 @@ def time_interleaved(fns, warmup, repeats, settle=0):
     so their ratios stay meaningful where back-to-back blocks of calls drift.
     `settle` untimed calls precede each timed one: a training step right after
     the other framework's step ran slower (Keras R50 + ASPP + LDv2, 2x128x128:
-    1786 ms alone in an ad-hoc script, 2254 ms in plain turns with PyTorch);
-    the cause (caches, freed memory faulted back in) is not pinned down.
+    1896 ms alone with `--sections train --no-torch`, 2254 ms in plain turns
+    with PyTorch); the cause (caches, freed memory faulted back in) is not
+    pinned down.
 
     Returns `({name: time_calls-style stats}, {name: [ms per round]})`.
     """
@@ -1282,7 +1283,8 @@ def parse_args(argv=None):
     parser.add_argument("--inter-op-threads", type=int, default=1,
                         help="TF inter-op threads (default 1, as PyTorch runs one op at a "
                              "time; 0 keeps TF's default of one per core, which on 2 cores "
-                             "runs two ops of two threads each at once: 4-8%% slower here)")
+                             "runs two ops of two threads each at once: R50 FCN "
+                             "forward 2439 vs 2109 ms here)")
     parser.add_argument("--size", type=int, help="forward input side (512; quick 128)")
     parser.add_argument("--train-size", type=int, help="training crop side (128; quick 64)")
     parser.add_argument("--train-batch", type=int, help="training batch (2)")

@@ -30,11 +30,10 @@ from keras_gald.layers.sequencing import after
 
 
 # At or below this share of the dense work (taps x output pixels) the per-tap
-# matmuls win. Measured on a 2-core CPU: near 0.84 it is a toss-up (2x16x16,
-# 256 ch, rate 2: forward 6.4 -> 5.9 ms but forward+backward 16.7 -> 18.5 ms;
-# 64x64x512, rate 8: 128 -> 135 / 434 -> 418 ms); at 0.77 (ASPP rate 12 on a
-# 64x64 map) the taps are 16 % faster, at 0.69 (16x16x512, rate 4) forward +
-# backward 72 -> 53 ms.
+# matmuls win. `benchmarks/speed.py --sections dilated_conv` (3x3, 2048 -> 256,
+# 2-core CPU; benchmarks/results/dilated_conv_cpu.json), forward + backward,
+# conv / taps: share 0.96 (64x64, rate 2) 1148 / 1454 ms; 0.84 (2x16x16,
+# rate 2) 172 / 157 ms; 0.77 (64x64, rate 12) 1412 / 1044 ms.
 TAPS_MAX_FRACTION = 0.8
 _METHODS = ("auto", "conv", "taps")
 
@@ -223,8 +222,9 @@ class DilatedConv2D(keras.layers.Conv2D):
             return super().convolution_op(inputs, kernel)
         if odd and max(self.kernel_size) > 1 and all(s == 1 for s in self.strides):
             # Same forward (tf.nn.conv2d); the hand-written gradient beats TF's
-            # CPU backprop kernels at rate 1 too: 3x3 forward + backward,
-            # 2x16x16x2048 -> 512: 499 -> 311 ms; 1x128x128x256 -> 256: 646 -> 450 ms.
+            # CPU backprop kernels at rate 1 too: 3x3, 2048 -> 256, forward +
+            # backward, TF / ours: 2x16x16 199 / 159 ms, 1x64x64 1286 / 1217 ms
+            # (benchmarks/results/dilated_conv_cpu.json).
             return dilated_conv2d(inputs, kernel, (1, 1), self.padding)
         return tf.nn.conv2d(
             inputs, kernel, strides=[1, *self.strides, 1], padding=self.padding.upper()
