@@ -28,6 +28,12 @@ separately as `first_ms`):
    default `jit_slices=True`), `slices_plain` (`jit_slices=False`, plain TF
    ops) and `impl="patches"` (reference), graph and XLA; ratios over the
    default.
+5a. `train_layers`: every distinct conv and BatchNorm layer of the
+   `--train-configs` networks at the training crop, forward + backward, in
+   turns: the library's layer (DilatedConv2D's hand-written gradients,
+   FusedBatchNormalization), the stock Keras layer of the same config (TF's
+   gradients) and PyTorch's; totals per kind (1x1, 3x3 rate 1, dilated,
+   strided, BN) weighted by how often each layer occurs.
 5b. `dilated_conv`: one 3x3 conv of ASPP's shape (2048 -> 256, SAME) at rates
    1/2/12/24/36, on the 1/8 map of the forward image (batch 1) and of the
    training crop: `dilated_conv2d(method="conv")` (hand-written gradient) vs
@@ -124,7 +130,7 @@ import numpy as np  # noqa: E402
 NUM_CLASSES = 19
 IGNORE_INDEX = 255
 MODES = ("fp32", "fp32_xla", "bf16")
-SECTIONS = ("peak", "forward", "train", "ldv2_block", "dilated_conv", "memory")
+SECTIONS = ("peak", "forward", "train", "train_layers", "ldv2_block", "dilated_conv", "memory")
 MEMORY_BLOCKS = ("aspp", "ldv2_slices", "ldv2_slices_plain", "ldv2_patches")
 DENSE_OPS = ("Conv2D", "DepthwiseConv2dNative", "MatMul", "BatchMatMul", "BatchMatMulV2",
              "BatchMatMulV3", "Einsum")
@@ -1046,6 +1052,142 @@ def measure_dilated_conv(args, torch, results):
     save_json(args, results)
 
 
+# ----------------------------------------------------- 5c. training layers
+
+
+def _layer_kind(layer):
+    import keras
+
+    if isinstance(layer, keras.layers.BatchNormalization):
+        return "batchnorm"
+    k, s, d = tuple(layer.kernel_size), tuple(layer.strides), tuple(layer.dilation_rate)
+    if max(s) > 1:
+        return "strided conv"
+    if k == (1, 1):
+        return "1x1 conv"
+    return f"{k[0]}x{k[1]} conv rate 1" if max(d) == 1 else f"{k[0]}x{k[1]} conv dilated"
+
+
+def _train_layer_specs(model, batch):
+    """`{key: spec}` for every conv / BN layer of `model` with a functional
+    input (layers inside subclassed blocks are not reachable and are counted
+    in `skipped`), deduplicated by class, config and input shape."""
+    import keras
+
+    from keras_gald.layers.conv import DilatedConv2D
+
+    specs, skipped = {}, 0
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if not isinstance(layer, (keras.layers.Conv2D, keras.layers.BatchNormalization)):
+            continue
+        if isinstance(layer, keras.layers.Conv2D) and not isinstance(layer, DilatedConv2D):
+            continue
+        try:
+            shape = (batch, *layer.input.shape[1:])
+        except (AttributeError, ValueError):
+            skipped += 1
+            continue
+        config = {k: v for k, v in layer.get_config().items() if k != "name"}
+        key = json.dumps([type(layer).__name__, shape, config], sort_keys=True, default=str)
+        spec = specs.setdefault(key, dict(layer=layer, shape=shape, count=0,
+                                          kind=_layer_kind(layer)))
+        spec["count"] += 1
+    return specs, skipped
+
+
+def _torch_twin_layer(torch, layer, shape):
+    import keras
+
+    if isinstance(layer, keras.layers.BatchNormalization):
+        return torch.nn.BatchNorm2d(shape[-1], eps=layer.epsilon, momentum=1 - layer.momentum)
+    (kh, kw), (sh, sw), (dh, dw) = layer.kernel_size, layer.strides, layer.dilation_rate
+    if layer.padding == "same":
+        if max(sh, sw) > 1 or kh % 2 == 0 or kw % 2 == 0:
+            return None  # TF's asymmetric "same" has no PyTorch twin
+        padding = (dh * (kh - 1) // 2, dw * (kw - 1) // 2)
+    else:
+        padding = 0
+    return torch.nn.Conv2d(shape[-1], layer.filters, (kh, kw), stride=(sh, sw), padding=padding,
+                           dilation=(dh, dw), groups=layer.groups, bias=layer.use_bias)
+
+
+def measure_train_layers(args, torch, results):
+    """Forward + backward (input and weight gradients, loss sum(y^2)) of each
+    distinct conv and BatchNorm layer of the training configurations at the
+    training crop, in turns: the library's layer (`ours`: DilatedConv2D with
+    its hand-written gradients, FusedBatchNormalization), the stock Keras
+    layer of the same config (`keras`: Conv2D / BatchNormalization with TF's
+    own gradients) and PyTorch's (`torch_eager`, channels-last, train mode).
+    Totals per layer kind are weighted by how often each layer occurs."""
+    import keras
+    import tensorflow as tf
+
+    rows, totals = [], []
+    for name in args.train_configs:
+        cfg = CONFIGS[name]
+        size = max(args.train_size, min_input_size(cfg))
+        if size > args.train_size:
+            size = 32 * math.ceil(size / 32)
+        model = build_keras(cfg, size, size)
+        specs, skipped = _train_layer_specs(model, args.train_batch)
+        log(f"[train_layers] {name} {args.train_batch}x{size}x{size}: {len(specs)} distinct "
+            f"conv/BN layers ({skipped} inside subclassed blocks not timed)")
+        sums = {}
+        for spec in specs.values():
+            layer, shape = spec["layer"], spec["shape"]
+            config = layer.get_config()
+            stock_cls = (keras.layers.BatchNormalization
+                         if isinstance(layer, keras.layers.BatchNormalization)
+                         else keras.layers.Conv2D)
+            impls = {"ours": type(layer).from_config(config),
+                     "keras": stock_cls.from_config(config)}
+            x = tf.random.normal(shape, seed=0)
+            fns = {}
+            for impl, lyr in impls.items():
+                lyr.build(shape)
+
+                @tf.function
+                def fwd_bwd(x, lyr=lyr):
+                    with tf.GradientTape() as tape:
+                        tape.watch(x)
+                        y = lyr(x, training=True)
+                        loss = tf.reduce_sum(y * y)
+                    return tape.gradient(loss, [x, *lyr.trainable_weights])
+
+                fns[impl] = lambda fn=fwd_bwd: _sync_tf(fn(x))
+            twin = _torch_twin_layer(torch, layer, shape) if torch is not None else None
+            if twin is not None:
+                twin = twin.train().to(memory_format=torch.channels_last)
+                xt = torch.randn(shape[0], shape[3], shape[1], shape[2]).contiguous(
+                    memory_format=torch.channels_last).requires_grad_()
+
+                def torch_call(twin=twin, xt=xt):
+                    twin.zero_grad(set_to_none=True)
+                    xt.grad = None
+                    twin(xt).square().sum().backward()
+
+                fns["torch_eager"] = torch_call
+            stats, _ = time_interleaved(fns, args.warmup, args.repeats)
+            ms = {impl: st["ms"] for impl, st in stats.items()}
+            desc = (f"BN {shape}" if spec["kind"] == "batchnorm" else
+                    f"conv {layer.kernel_size[0]}x{layer.kernel_size[1]} s{layer.strides[0]} "
+                    f"r{layer.dilation_rate[0]} {layer.padding} {shape}->{layer.filters}")
+            rows.append(dict(config=name, kind=spec["kind"], layer=desc, count=spec["count"],
+                             ms=ms))
+            kind_sums = sums.setdefault(spec["kind"], {"count": 0})
+            kind_sums["count"] += spec["count"]
+            for impl, t in ms.items():
+                kind_sums[impl] = kind_sums.get(impl, 0.0) + spec["count"] * t
+            log(f"    {desc} x{spec['count']}: " + "  ".join(f"{k} {v:.2f}" for k, v in ms.items()))
+        for kind, kind_sums in sorted(sums.items()):
+            totals.append(dict(config=name, kind=kind, **kind_sums))
+        model = None
+        fresh_session()
+    results["train_layers"] = rows
+    results["train_layers_totals"] = totals
+    save_json(args, results)
+
+
 # --------------------------------------------------------------- 6. memory
 
 
@@ -1232,6 +1374,16 @@ def print_tables(results):
             log(f"{r['input']:<34}{r['pass_']:<9}taps share {r['taps_fraction']:.2f}  {times}"
                 f"  conv/taps {r['conv_over_taps']:.2f}  auto={r['auto']} "
                 f"auto/torch {_fmt(r['auto_over_torch'], '.2f')}")
+
+    layer_totals = results.get("train_layers_totals", [])
+    if layer_totals:
+        log("\n== Training layers: forward + backward ms summed over each kind's layers "
+            "(ours = library layer, keras = stock Keras layer / TF gradients) ==")
+        for r in layer_totals:
+            ours, stock, tch = r.get("ours"), r.get("keras"), r.get("torch_eager")
+            log(f"{r['config']:<18}{r['kind']:<18} x{r['count']:<4}ours {ours:8.1f}  keras "
+                f"{stock:8.1f}  torch {_fmt(tch, '8.1f')}  ours/keras {ours / stock:.2f}  "
+                f"ours/torch {_fmt(ours / tch if tch else None, '.2f')}")
 
     memory = results.get("memory", [])
     if memory:
@@ -1432,6 +1584,8 @@ def main(argv=None):
         ld_overhead(results)
     if "train" in args.sections:
         measure_train(args, torch, torch_ref, results)
+    if "train_layers" in args.sections:
+        measure_train_layers(args, torch, results)
     if "dilated_conv" in args.sections:
         measure_dilated_conv(args, torch, results)
     if "ldv2_block" in args.sections:

@@ -14,6 +14,13 @@ kernel), and the kernel gradient is k*k matmuls of shifted input slices
 against the output gradient — the same FLOPs as the forward pass, and no
 space-to-batch anywhere.
 
+At rate 1 the same hand-written gradient is kept for k x k kernels (k > 1):
+TF's `Conv2DBackpropInput` is slower on CPU than a forward conv with the
+flipped kernel. Small kernels (at most `TF_FILTER_GRAD_MAX_WEIGHTS` weights
+per tap) take TF's `Conv2DBackpropFilter` for the kernel gradient, which beats
+nine window matmuls there. 1x1 stride-1 convolutions get their gradients as
+the two matmuls they are (`pointwise_conv2d`).
+
 When the dilation is large against the map (ASPP's rates 12/24/36 on the 64x64
 map of a 512x512 image), most taps of a "SAME" convolution read padding: at
 rate 36 the eight outer taps overlap the image on 28 of 64 rows or columns.
@@ -35,6 +42,10 @@ from keras_gald.layers.sequencing import after
 # conv / taps: share 0.96 (64x64, rate 2) 1148 / 1454 ms; 0.84 (2x16x16,
 # rate 2) 172 / 157 ms; 0.77 (64x64, rate 12) 1412 / 1044 ms.
 TAPS_MAX_FRACTION = 0.8
+# At rate 1, kernels with at most this many (C_in x C_out) weights per tap take
+# TF's Conv2DBackpropFilter for the kernel gradient: for small matrices it beats
+# nine window matmuls (`benchmarks/speed.py --sections train_layers`).
+TF_FILTER_GRAD_MAX_WEIGHTS = 128 * 128
 _METHODS = ("auto", "conv", "taps")
 
 
@@ -103,6 +114,23 @@ def _taps_grad(x, k, dy_out, taps, height, width):
     return dx, tf.reshape(dk, tf.shape(k))
 
 
+def _shifted_kernel_grad(x_pad, dy, kernel_size, dilations):
+    """Kernel gradient of a stride-1 conv: one matmul per tap, `window^T @ dy`."""
+    (kh, kw), (rh, rw) = kernel_size, dilations
+    out_h, out_w = tf.shape(dy)[1], tf.shape(dy)[2]
+    channels_in, channels_out = tf.shape(x_pad)[3], tf.shape(dy)[3]
+    dy_flat = tf.reshape(dy, [-1, channels_out])
+    taps = []
+    for i in range(kh):
+        for j in range(kw):
+            # One shifted copy of the input alive at a time.
+            with after(taps[-1] if taps else None):
+                window = x_pad[:, i * rh : i * rh + out_h, j * rw : j * rw + out_w, :]
+            window = tf.reshape(window, [-1, channels_in])
+            taps.append(tf.matmul(window, dy_flat, transpose_a=True))
+    return tf.reshape(tf.stack(taps), [kh, kw, channels_in, channels_out])
+
+
 def dilated_conv2d(inputs, kernel, dilations, padding, method="auto"):
     """Stride-1 dilated 2-D convolution with a fast custom gradient.
 
@@ -148,6 +176,8 @@ def dilated_conv2d(inputs, kernel, dilations, padding, method="auto"):
 
         return conv_taps(inputs, tf.identity(kernel))
 
+    c_in, c_out = int(kernel.shape[2]), int(kernel.shape[3])
+
     @tf.custom_gradient
     def conv(x, k):
         y = tf.nn.conv2d(x, k, strides=1, padding=padding, dilations=[1, rh, rw, 1])
@@ -157,32 +187,60 @@ def dilated_conv2d(inputs, kernel, dilations, padding, method="auto"):
             if padding == "VALID":
                 ph, pw = (kh - 1) * rh, (kw - 1) * rw
                 dy_in = tf.pad(dy, [[0, 0], [ph, ph], [pw, pw], [0, 0]])
-                x_pad = x
             else:
-                ph, pw = (kh - 1) * rh // 2, (kw - 1) * rw // 2
                 dy_in = dy
-                x_pad = tf.pad(x, [[0, 0], [ph, ph], [pw, pw], [0, 0]])
             dx = tf.nn.conv2d(
                 dy_in, flipped, strides=1, padding=padding, dilations=[1, rh, rw, 1]
             )
-            out_h, out_w = tf.shape(dy)[1], tf.shape(dy)[2]
-            channels_in, channels_out = tf.shape(x)[3], tf.shape(dy)[3]
-            dy_flat = tf.reshape(dy, [-1, channels_out])
-            taps = []
-            for i in range(kh):
-                for j in range(kw):
-                    # One shifted copy of the input alive at a time.
-                    with after(taps[-1] if taps else None):
-                        window = x_pad[:, i * rh : i * rh + out_h, j * rw : j * rw + out_w, :]
-                    window = tf.reshape(window, [-1, channels_in])
-                    taps.append(tf.matmul(window, dy_flat, transpose_a=True))
-            dk = tf.reshape(tf.stack(taps), tf.shape(k))
+            if (rh, rw) == (1, 1) and c_in * c_out <= TF_FILTER_GRAD_MAX_WEIGHTS:
+                dk = tf.raw_ops.Conv2DBackpropFilter(
+                    input=x, filter_sizes=tf.shape(k), out_backprop=dy,
+                    strides=[1, 1, 1, 1], padding=padding,
+                )
+            else:
+                x_pad = x
+                if padding == "SAME":
+                    ph, pw = (kh - 1) * rh // 2, (kw - 1) * rw // 2
+                    x_pad = tf.pad(x, [[0, 0], [ph, ph], [pw, pw], [0, 0]])
+                dk = _shifted_kernel_grad(x_pad, dy, (kh, kw), (rh, rw))
             return dx, dk
 
         return y, grad
 
     # Read variables outside the custom-gradient scope so it sees plain tensors.
     return conv(inputs, tf.identity(kernel))
+
+
+def pointwise_conv2d(inputs, kernel):
+    """1x1 stride-1 convolution with a matmul gradient.
+
+    The forward is `tf.nn.conv2d` (the same numbers as `keras.layers.Conv2D`);
+    the gradients are the two matmuls a 1x1 convolution is, `dy @ K^T` and
+    `X^T @ dy` over the `N*H*W` pixels, which TF's CPU `Conv2DBackpropInput` /
+    `Conv2DBackpropFilter` run slower (`benchmarks/speed.py --sections
+    train_layers`).
+
+    Args:
+        inputs: `(N, H, W, C)`.
+        kernel: `(1, 1, C, O)`.
+
+    Returns:
+        `(N, H, W, O)`.
+    """
+    c_in, c_out = int(kernel.shape[2]), int(kernel.shape[3])
+
+    @tf.custom_gradient
+    def conv(x, k):
+        def grad(dy):
+            k2 = tf.reshape(k, [c_in, c_out])
+            dy2 = tf.reshape(dy, [-1, c_out])
+            dx = tf.reshape(tf.matmul(dy2, k2, transpose_b=True), tf.shape(x))
+            dk = tf.matmul(tf.reshape(x, [-1, c_in]), dy2, transpose_a=True)
+            return dx, tf.reshape(dk, [1, 1, c_in, c_out])
+
+        return tf.nn.conv2d(x, k, strides=1, padding="VALID"), grad
+
+    return conv(tf.convert_to_tensor(inputs), tf.identity(kernel))
 
 
 @keras.saving.register_keras_serializable(package="keras_gald")
@@ -192,8 +250,9 @@ class DilatedConv2D(keras.layers.Conv2D):
     Same constructor, weights layout (kernel `(kh, kw, C_in // groups, filters)`)
     and config as `keras.layers.Conv2D`; use it wherever `dilation_rate > 1`
     (at rate 1 the forward is plain `tf.nn.conv2d`, identical to `Conv2D`;
-    stride-1 kernels larger than 1x1 keep the hand-written gradient, faster
-    than TF's CPU backprop kernels). Grouped
+    stride-1 kernels keep hand-written gradients, faster than TF's CPU
+    backprop kernels: `dilated_conv2d`'s for k x k, `pointwise_conv2d`'s
+    matmuls for 1x1). Grouped
     convolutions fall back to Keras' own path. With `padding="same"` and a
     static input size where at most `TAPS_MAX_FRACTION` of the taps' work
     reads the image (large rates on small maps), it runs one matmul per tap
@@ -226,6 +285,8 @@ class DilatedConv2D(keras.layers.Conv2D):
             # backward, TF / ours: 2x16x16 199 / 159 ms, 1x64x64 1286 / 1217 ms
             # (benchmarks/results/dilated_conv_cpu.json).
             return dilated_conv2d(inputs, kernel, (1, 1), self.padding)
+        if self.kernel_size == (1, 1) and all(s == 1 for s in self.strides):
+            return pointwise_conv2d(inputs, kernel)
         return tf.nn.conv2d(
             inputs, kernel, strides=[1, *self.strides, 1], padding=self.padding.upper()
         )

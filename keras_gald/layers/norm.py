@@ -2,8 +2,9 @@
 
 All BatchNorms use PyTorch's defaults (eps 1e-5, momentum 0.1, i.e. Keras
 momentum 0.9) so weights ported from the authors' code reproduce their numbers.
-`synchronized=True` gives cross-replica (Sync) BatchNorm under a
-`tf.distribute` strategy, via `SyncBatchNormalization`.
+`batch_norm()` returns `FusedBatchNormalization` (Keras' layer with TF's fused
+training kernel); `synchronized=True` gives cross-replica (Sync) BatchNorm
+under a `tf.distribute` strategy, via `SyncBatchNormalization`.
 """
 
 import keras
@@ -13,8 +14,64 @@ BN_EPSILON = 1e-5
 BN_MOMENTUM = 0.9
 
 
+@keras.saving.register_keras_serializable(package="keras_gald", name="FusedBatchNormalization")
+class FusedBatchNormalization(keras.layers.BatchNormalization):
+    """`keras.layers.BatchNormalization` whose training step is TF's fused kernel.
+
+    Keras 3 normalises a training batch with separate ops (moments, then the
+    affine transform) and autodiff differentiates each of them; TF's
+    `FusedBatchNormV3` does the forward in one kernel and has a one-kernel
+    gradient. Same statistics, same moving-average update (Keras': the biased
+    batch variance), same weights and config; inference, masks, renorm and
+    inputs that are not `(N, H, W, C)` normalised over `N, H, W` take Keras'
+    own path. Compute in float32 for float16/bfloat16 inputs, as Keras does.
+
+    Input shape: any; output shape: the input shape.
+
+    Example:
+    >>> bn = FusedBatchNormalization(epsilon=1e-5, momentum=0.9)
+    >>> bn(tf.ones((2, 4, 4, 8)), training=True).shape
+    TensorShape([2, 4, 4, 8])
+    """
+
+    def _fusable(self, inputs, training, mask):
+        return (
+            bool(training)
+            and self.trainable
+            and mask is None
+            and not self.renorm
+            and keras.backend.backend() == "tensorflow"
+            and len(inputs.shape) == 4
+            and list(self._reduction_axes) == [0, 1, 2]
+        )
+
+    def call(self, inputs, training=None, mask=None):
+        if not self._fusable(inputs, training, mask):
+            return super().call(inputs, training=training, mask=mask)
+        x = tf.cast(inputs, "float32")
+        channels = x.shape[-1]
+        gamma = tf.cast(self.gamma, "float32") if self.scale else tf.ones([channels])
+        beta = tf.cast(self.beta, "float32") if self.center else tf.zeros([channels])
+        y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+            x, gamma, beta, epsilon=self.epsilon, is_training=True
+        )[:3]
+        # The kernel returns the Bessel-corrected variance; Keras' moving
+        # average uses the biased one (with one value per channel both are 0).
+        count = tf.cast(tf.reduce_prod(tf.shape(x)[:3]), "float32")
+        variance = variance * (count - 1.0) / tf.maximum(count, 1.0)
+        momentum = self.momentum
+        self.moving_mean.assign(
+            self.moving_mean * momentum + tf.cast(mean, self.moving_mean.dtype) * (1.0 - momentum)
+        )
+        self.moving_variance.assign(
+            self.moving_variance * momentum
+            + tf.cast(variance, self.moving_variance.dtype) * (1.0 - momentum)
+        )
+        return tf.cast(y, self.compute_dtype)
+
+
 @keras.saving.register_keras_serializable(package="keras_gald", name="SyncBatchNormalization")
-class SyncBatchNormalization(keras.layers.BatchNormalization):
+class SyncBatchNormalization(FusedBatchNormalization):
     """Cross-replica BatchNorm with a two-pass (numerically stable) variance.
 
     Keras' own `BatchNormalization(synchronized=True)` all-reduces `sum(x)` and
@@ -27,7 +84,7 @@ class SyncBatchNormalization(keras.layers.BatchNormalization):
     `tf.nn.moments` on the global batch up to summation order.
 
     Outside a replica context, or with one replica, it is exactly
-    `keras.layers.BatchNormalization`. Args, shapes and weights are those of
+    `FusedBatchNormalization`. Args, shapes and weights are those of
     `keras.layers.BatchNormalization` (`synchronized` is always True).
 
     Example:
@@ -39,6 +96,12 @@ class SyncBatchNormalization(keras.layers.BatchNormalization):
     def __init__(self, **kwargs):
         kwargs["synchronized"] = True
         super().__init__(**kwargs)
+
+    def _fusable(self, inputs, training, mask):
+        replica = tf.distribute.get_replica_context()
+        if replica is not None and replica.num_replicas_in_sync > 1:
+            return False
+        return super()._fusable(inputs, training, mask)
 
     def _moments(self, inputs, mask):
         replica = tf.distribute.get_replica_context()
@@ -62,18 +125,19 @@ class SyncBatchNormalization(keras.layers.BatchNormalization):
 # (`batch_normalization`, ...). Sharing Keras' class name keeps weight files of a model
 # built with SyncBN loadable into the same model built without it (train on replicas,
 # serve on one device) and vice versa; the registered name below stays distinct.
-SyncBatchNormalization.__name__ = "BatchNormalization"
-SyncBatchNormalization.__qualname__ = "BatchNormalization"
+for _cls in (FusedBatchNormalization, SyncBatchNormalization):
+    _cls.__name__ = _cls.__qualname__ = "BatchNormalization"
 
 
 def batch_norm(name=None, synchronized=False, dtype=None, gamma_initializer="ones"):
     """Returns the library's BatchNorm (eps 1e-5, momentum 0.9).
 
     `synchronized=True` gives `SyncBatchNormalization` (global batch statistics
-    under a `tf.distribute` strategy); otherwise `keras.layers.BatchNormalization`.
+    under a `tf.distribute` strategy); otherwise `FusedBatchNormalization`
+    (Keras' BatchNormalization, fused training kernel).
     """
     kwargs = dict(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, gamma_initializer=gamma_initializer,
                   name=name, dtype=dtype)
     if synchronized:
         return SyncBatchNormalization(**kwargs)
-    return keras.layers.BatchNormalization(**kwargs)
+    return FusedBatchNormalization(**kwargs)

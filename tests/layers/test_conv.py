@@ -5,10 +5,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from keras_gald.layers import conv as conv_module
 from keras_gald.layers.conv import (
     TAPS_MAX_FRACTION,
     DilatedConv2D,
     dilated_conv2d,
+    pointwise_conv2d,
     same_padding_taps,
     taps_fraction,
 )
@@ -54,6 +56,46 @@ def test_custom_gradient_matches_tf_convolution(method, padding, size, rate, jit
         assert float(tf.reduce_max(tf.abs(a - b))) <= 1e-5 * scale
 
 
+def _assert_close_to(ours, ref, tolerance=1e-5):
+    for a, b in zip(ours, ref):
+        scale = float(tf.reduce_max(tf.abs(b)))
+        assert float(tf.reduce_max(tf.abs(a - b))) <= tolerance * scale
+
+
+@pytest.mark.parametrize("padding", ["SAME", "VALID"])
+@pytest.mark.parametrize("tf_filter_grad", [True, False])
+@pytest.mark.parametrize("jit", [False, True])
+def test_rate_one_kernel_gradient_both_ways(monkeypatch, padding, tf_filter_grad, jit):
+    # Small kernels take TF's Conv2DBackpropFilter, large ones the window matmuls.
+    monkeypatch.setattr(conv_module, "TF_FILTER_GRAD_MAX_WEIGHTS", 10**9 if tf_filter_grad else 0)
+    rng = np.random.default_rng(3)
+    x = tf.constant(rng.normal(size=(2, 11, 14, 5)).astype("float32"))
+    k = tf.constant(rng.normal(size=(3, 3, 5, 7)).astype("float32"))
+
+    def fast(x, k):
+        return _loss_and_grads(lambda a, b: dilated_conv2d(a, b, (1, 1), padding, method="conv"), x, k)
+
+    ours = (tf.function(fast, jit_compile=True) if jit else fast)(x, k)
+    ref = _loss_and_grads(lambda a, b: tf.nn.convolution(a, b, padding=padding), x, k)
+    _assert_close_to(ours, ref)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_pointwise_conv2d_matches_tf_convolution(jit):
+    rng = np.random.default_rng(4)
+    x = tf.constant(rng.normal(size=(3, 7, 10, 6)).astype("float32"))
+    k = tf.constant(rng.normal(size=(1, 1, 6, 9)).astype("float32"))
+
+    def fast(x, k):
+        return _loss_and_grads(pointwise_conv2d, x, k)
+
+    ours = (tf.function(fast, jit_compile=True) if jit else fast)(x, k)
+    _assert_close_to(ours, _loss_and_grads(lambda a, b: tf.nn.convolution(a, b), x, k))
+    dynamic = tf.TensorSpec((None, None, None, 6), tf.float32)
+    graph = tf.function(lambda t: _loss_and_grads(pointwise_conv2d, t, k)).get_concrete_function(dynamic)
+    _assert_close_to(graph(x), _loss_and_grads(lambda a, b: tf.nn.convolution(a, b), x, k))
+
+
 def test_taps_geometry():
     # Rate 36 on a 64-pixel side: the outer taps read 28 of 64 rows / columns.
     taps = same_padding_taps(64, 64, (3, 3), (36, 36))
@@ -91,19 +133,27 @@ def test_taps_errors():
                     ).get_concrete_function(dynamic)
 
 
-@pytest.mark.parametrize("kernel_size,rate,padding", [(3, 2, "same"), (3, 1, "same"), (1, 1, "valid"), (3, 3, "valid"), (2, 2, "same")])
-def test_layer_matches_keras_conv2d(kernel_size, rate, padding):
-    x = random_input((2, 15, 21, 4), seed=1)
-    ours = DilatedConv2D(6, kernel_size, padding=padding, dilation_rate=rate)
-    ref = keras.layers.Conv2D(6, kernel_size, padding=padding, dilation_rate=rate)
+@pytest.mark.parametrize(
+    "kernel_size,rate,padding,strides",
+    [(3, 2, "same", 1), (3, 1, "same", 1), (1, 1, "valid", 1), (1, 1, "same", 1),
+     (1, 1, "valid", 2), (3, 1, "valid", 2), (3, 3, "valid", 1), (2, 2, "same", 1)],
+)
+def test_layer_matches_keras_conv2d(kernel_size, rate, padding, strides):
+    x = tf.constant(random_input((2, 15, 21, 4), seed=1))
+    kwargs = dict(padding=padding, dilation_rate=rate, strides=strides)
+    ours = DilatedConv2D(6, kernel_size, **kwargs)
+    ref = keras.layers.Conv2D(6, kernel_size, **kwargs)
     ours.build(x.shape)
     ref.build(x.shape)
     ref.set_weights(ours.get_weights())
     np.testing.assert_allclose(ours(x), ref(x), atol=1e-5)
     with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
         a = tf.reduce_sum(ours(x) ** 2)
         b = tf.reduce_sum(ref(x) ** 2)
-    for ga, gb in zip(tape.gradient(a, ours.trainable_weights), tape.gradient(b, ref.trainable_weights)):
+    grads_a = tape.gradient(a, [x, *ours.trainable_weights])
+    grads_b = tape.gradient(b, [x, *ref.trainable_weights])
+    for ga, gb in zip(grads_a, grads_b):
         np.testing.assert_allclose(ga, gb, rtol=1e-4, atol=1e-3)
 
 
@@ -114,11 +164,22 @@ def test_serialization_round_trip(tmp_path):
     assert_keras_round_trip(model, tmp_path / "m.keras", [x], DilatedConv2D, predict=False)
 
 
-def test_bfloat16():
-    layer = DilatedConv2D(4, 3, padding="same", dilation_rate=2, dtype="mixed_bfloat16")
-    x = tf.random.normal((1, 9, 9, 3))
-    with tf.GradientTape() as tape:
+@pytest.mark.parametrize("kernel_size,rate", [(3, 2), (3, 1), (1, 1)])
+def test_bfloat16(kernel_size, rate):
+    # Every gradient path (window matmuls, TF's filter gradient, pointwise matmuls).
+    layer = DilatedConv2D(4, kernel_size, padding="same", dilation_rate=rate,
+                          dtype="mixed_bfloat16")
+    ref = keras.layers.Conv2D(4, kernel_size, padding="same", dilation_rate=rate)
+    x = tf.random.normal((1, 9, 9, 3), seed=5)
+    layer.build(x.shape)
+    ref.build(x.shape)
+    ref.set_weights(layer.get_weights())
+    with tf.GradientTape(persistent=True) as tape:
         y = layer(x)
-        loss = tf.reduce_sum(tf.cast(y, tf.float32))
+        loss = tf.reduce_sum(tf.cast(y, tf.float32) ** 2)
+        loss_ref = tf.reduce_sum(ref(x) ** 2)
     assert y.dtype == tf.bfloat16
-    assert all(g is not None for g in tape.gradient(loss, layer.trainable_weights))
+    grads = tape.gradient(loss, layer.trainable_weights)
+    for g, g_ref in zip(grads, tape.gradient(loss_ref, ref.trainable_weights)):
+        assert g.dtype == tf.float32
+        np.testing.assert_allclose(g, g_ref, rtol=0.05, atol=0.05 * float(tf.reduce_max(tf.abs(g_ref))))

@@ -1,4 +1,5 @@
-"""Tests for keras_gald.layers.norm: `batch_norm` and `SyncBatchNormalization`."""
+"""Tests for keras_gald.layers.norm: `batch_norm`, `FusedBatchNormalization`
+and `SyncBatchNormalization`."""
 
 import json
 import os
@@ -8,19 +9,89 @@ import sys
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
-from keras_gald.layers.norm import BN_EPSILON, SyncBatchNormalization, batch_norm
+from keras_gald.layers.norm import (
+    BN_EPSILON,
+    FusedBatchNormalization,
+    SyncBatchNormalization,
+    batch_norm,
+)
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def test_factory_picks_the_class_and_pytorch_defaults():
     plain, sync = batch_norm(), batch_norm(synchronized=True)
-    assert type(plain) is keras.layers.BatchNormalization
+    assert type(plain) is FusedBatchNormalization and not plain.synchronized
+    assert isinstance(plain, keras.layers.BatchNormalization)
     assert isinstance(sync, SyncBatchNormalization) and sync.synchronized
     for layer in (plain, sync):
         assert (layer.epsilon, layer.momentum) == (BN_EPSILON, 0.9)
+
+
+def _train_and_grads(layer, x, upstream, steps=2):
+    """Two training calls (moving statistics), then output and input/weight gradients."""
+    for _ in range(steps - 1):
+        layer(x, training=True)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x, training=True)
+        loss = tf.reduce_sum(tf.cast(y, tf.float32) * upstream)
+    return [y, *tape.gradient(loss, [x, *layer.trainable_weights])]
+
+
+@pytest.mark.parametrize("shape", [(4, 5, 6, 8), (2, 1, 1, 8), (1, 1, 1, 8)])
+@pytest.mark.parametrize("mode", ["eager", "graph", "xla"])
+def test_fused_training_step_equals_keras_batchnorm(shape, mode):
+    # (1, 1, 1, C): one value per channel (ASPP's pooled branch at batch 1):
+    # zero variance, moving variance must stay finite.
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(3.0, 2.0, size=shape).astype("float32"))
+    upstream = tf.constant(rng.normal(size=shape).astype("float32"))
+    kwargs = dict(epsilon=BN_EPSILON, momentum=0.9)
+    fused, ref = FusedBatchNormalization(**kwargs), keras.layers.BatchNormalization(**kwargs)
+    gamma = rng.uniform(0.5, 1.5, shape[-1]).astype("float32")
+    beta = rng.normal(size=shape[-1]).astype("float32")
+    for layer in (fused, ref):
+        layer.build(shape)
+        layer.gamma.assign(gamma)
+        layer.beta.assign(beta)
+    run = _train_and_grads
+    if mode != "eager":
+        run = tf.function(_train_and_grads, jit_compile=mode == "xla")
+    ours, theirs = run(fused, x, upstream), _train_and_grads(ref, x, upstream)
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    for a, b in zip(fused.non_trainable_weights, ref.non_trainable_weights):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        assert np.isfinite(a.numpy()).all()
+    np.testing.assert_allclose(fused(x, training=False), ref(x, training=False), rtol=1e-5,
+                               atol=1e-5)
+
+
+def test_fused_bfloat16_and_fallbacks():
+    rng = np.random.default_rng(1)
+    x = tf.constant(rng.normal(size=(2, 3, 4, 6)).astype("float32"))
+    fused = FusedBatchNormalization(epsilon=BN_EPSILON, momentum=0.9, dtype="mixed_bfloat16")
+    ref = keras.layers.BatchNormalization(epsilon=BN_EPSILON, momentum=0.9,
+                                          dtype="mixed_bfloat16")
+    y, y_ref = fused(x, training=True), ref(x, training=True)
+    assert y.dtype == tf.bfloat16 and fused.moving_mean.dtype == tf.float32
+    np.testing.assert_allclose(tf.cast(y, tf.float32), tf.cast(y_ref, tf.float32), atol=0.05)
+    np.testing.assert_allclose(fused.moving_variance, ref.moving_variance, rtol=1e-4)
+    # Not (N, H, W, C) over N, H, W: Keras' own path, same numbers.
+    for x_other, axis in ((x[:, 0, 0, :], -1), (x[:, :, :, 0], -1), (x, 1)):
+        ours = FusedBatchNormalization(axis=axis, epsilon=BN_EPSILON)
+        theirs = keras.layers.BatchNormalization(axis=axis, epsilon=BN_EPSILON)
+        np.testing.assert_allclose(ours(x_other, training=True), theirs(x_other, training=True),
+                                   rtol=1e-5, atol=1e-5)
+    frozen = FusedBatchNormalization(epsilon=BN_EPSILON)
+    frozen.build(x.shape)
+    frozen.trainable = False  # frozen BN normalises with its moving statistics
+    np.testing.assert_allclose(frozen(x, training=True), x / np.sqrt(1 + BN_EPSILON), rtol=1e-5,
+                               atol=1e-6)
 
 
 def test_outside_a_strategy_equals_keras_batchnorm():
@@ -38,6 +109,12 @@ def test_outside_a_strategy_equals_keras_batchnorm():
 
 
 def test_serialization_round_trip_and_weight_files_interchange(tmp_path):
+    fused = batch_norm(name="bn")
+    config = keras.saving.serialize_keras_object(fused)
+    assert config["registered_name"] == "keras_gald>FusedBatchNormalization"
+    again = keras.saving.deserialize_keras_object(config)
+    assert type(again) is FusedBatchNormalization and again.get_config() == fused.get_config()
+
     layer = batch_norm(name="bn", synchronized=True)
     config = keras.saving.serialize_keras_object(layer)
     assert config["registered_name"] == "keras_gald>SyncBatchNormalization"
@@ -59,6 +136,12 @@ def test_serialization_round_trip_and_weight_files_interchange(tmp_path):
     trained.save(tmp_path / "sync.keras")
     loaded = keras.saving.load_model(tmp_path / "sync.keras")
     assert isinstance(loaded.layers[-1], SyncBatchNormalization)
+    # The library's BN and Keras' own read each other's weight files too.
+    stock_inputs = keras.Input((4, 4, 3))
+    stock = keras.Model(stock_inputs, keras.layers.BatchNormalization(name="bn")(stock_inputs))
+    stock.load_weights(tmp_path / "sync.weights.h5")
+    for a, b in zip(trained.get_weights(), stock.get_weights()):
+        np.testing.assert_array_equal(a, b)
 
 
 # Runs in a subprocess: the CPU must be split into 2 logical devices before TF starts.
