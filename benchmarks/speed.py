@@ -16,7 +16,7 @@ separately as `first_ms`):
    conv peak of the same dtype measured in step 1. Backbone-only rows
    (`*_backbone`) show how close the convolutions get to that peak.
 3. `ld_overhead`: forward-time ratios (ASPP+LDv1)/ASPP and (ASPP+LDv2)/ASPP.
-4. `train`: one SGD step (momentum 0.9; cross-entropy with ignore label 255,
+4. `train`: one SGD step (`keras_gald.optimizers.SGD`, momentum 0.9; cross-entropy with ignore label 255,
    plus 0.4 x the auxiliary head's loss when the model has one, i.e.
    `Segmenter.compile` defaults) at 128x128, batch 2, via
    `model.train_on_batch` (`compile(jit_compile=...)` for `fp32_xla`), for
@@ -34,6 +34,9 @@ separately as `first_ms`):
    FusedBatchNormalization), the stock Keras layer of the same config (TF's
    gradients) and PyTorch's; totals per kind (1x1, 3x3 rate 1, dilated,
    strided, BN) weighted by how often each layer occurs.
+5a'. `optimizer`: one SGD update (momentum 0.9) of all trainable weights of
+   the `--train-configs` networks: `keras.optimizers.SGD`,
+   `keras_gald.optimizers.SGD` (fused TF kernel) and `torch.optim.SGD`.
 5b. `dilated_conv`: one 3x3 conv of ASPP's shape (2048 -> 256, SAME) at rates
    1/2/12/24/36, on the 1/8 map of the forward image (batch 1) and of the
    training crop: `dilated_conv2d(method="conv")` (hand-written gradient) vs
@@ -130,7 +133,8 @@ import numpy as np  # noqa: E402
 NUM_CLASSES = 19
 IGNORE_INDEX = 255
 MODES = ("fp32", "fp32_xla", "bf16")
-SECTIONS = ("peak", "forward", "train", "train_layers", "ldv2_block", "dilated_conv", "memory")
+SECTIONS = ("peak", "forward", "train", "train_layers", "optimizer", "ldv2_block",
+            "dilated_conv", "memory")
 MEMORY_BLOCKS = ("aspp", "ldv2_slices", "ldv2_slices_plain", "ldv2_patches")
 DENSE_OPS = ("Conv2D", "DepthwiseConv2dNative", "MatMul", "BatchMatMul", "BatchMatMulV2",
              "BatchMatMulV3", "Einsum")
@@ -817,6 +821,7 @@ def measure_train(args, torch, torch_ref, results):
     import tensorflow as tf
 
     from keras_gald.losses import SegmentationCrossEntropy
+    from keras_gald.optimizers import SGD
 
     rows = results.setdefault("train", [])
     rng = np.random.default_rng(0)
@@ -842,7 +847,7 @@ def measure_train(args, torch, torch_ref, results):
             try:
                 model = build_keras(cfg, size, size)
                 model.compile(
-                    optimizer=keras.optimizers.SGD(learning_rate=1e-3, momentum=0.9),
+                    optimizer=SGD(learning_rate=1e-3, momentum=0.9),
                     loss=SegmentationCrossEntropy(ignore_index=IGNORE_INDEX),
                     jit_compile=mode == "fp32_xla",
                 )
@@ -1167,7 +1172,9 @@ def measure_train_layers(args, torch, results):
                     twin(xt).square().sum().backward()
 
                 fns["torch_eager"] = torch_call
-            stats, _ = time_interleaved(fns, args.warmup, args.repeats)
+            # settle: PyTorch's OpenMP threads spin on after its call and slow
+            # the next few milliseconds of TF work, which is all a layer takes.
+            stats, _ = time_interleaved(fns, args.warmup, args.repeats, settle=1)
             ms = {impl: st["ms"] for impl, st in stats.items()}
             desc = (f"BN {shape}" if spec["kind"] == "batchnorm" else
                     f"conv {layer.kernel_size[0]}x{layer.kernel_size[1]} s{layer.strides[0]} "
@@ -1185,6 +1192,49 @@ def measure_train_layers(args, torch, results):
         fresh_session()
     results["train_layers"] = rows
     results["train_layers_totals"] = totals
+    save_json(args, results)
+
+
+def measure_optimizer(args, torch, torch_ref, results):
+    """One SGD update (momentum 0.9) of every trainable weight of the training
+    configurations, in turns: `keras.optimizers.SGD` (Keras' element-wise
+    ops), `keras_gald.optimizers.SGD` (TF's fused ResourceApplyKerasMomentum,
+    what the library's training uses) and `torch.optim.SGD` (its default
+    multi-tensor update) on the PyTorch twin."""
+    import keras
+    import tensorflow as tf
+
+    from keras_gald.optimizers import SGD
+
+    rows = []
+    for name in args.train_configs:
+        cfg = CONFIGS[name]
+        size = max(args.train_size, min_input_size(cfg))
+        model = build_keras(cfg, size, size)
+        weights = model.trainable_variables
+        count = int(sum(np.prod(w.shape) for w in weights))
+        grads = [tf.random.normal(w.shape, seed=i) * 1e-3 for i, w in enumerate(weights)]
+        fns = {}
+        for impl, cls in (("keras", keras.optimizers.SGD), ("ours", SGD)):
+            optimizer = cls(learning_rate=1e-3, momentum=0.9)
+            optimizer.build(weights)
+            apply = tf.function(lambda opt=optimizer: opt.apply(grads, weights))
+            fns[impl] = lambda apply=apply: apply()
+        if torch is not None:
+            twin = build_torch(torch_ref, cfg)
+            params = [p for p in twin.parameters() if p.requires_grad]
+            for p in params:
+                p.grad = torch.randn_like(p) * 1e-3
+            torch_opt = torch.optim.SGD(params, lr=1e-3, momentum=0.9)
+            fns["torch_eager"] = torch_opt.step
+        log(f"[optimizer] {name}: {count / 1e6:.1f} M weights in {len(weights)} variables ...")
+        stats, _ = time_interleaved(fns, args.warmup, args.repeats, settle=1)
+        ms = {impl: st["ms"] for impl, st in stats.items()}
+        log("    " + "  ".join(f"{k} {v:.1f} ms" for k, v in ms.items()))
+        rows.append(dict(config=name, weights=count, variables=len(weights), ms=ms))
+        model = None
+        fresh_session()
+    results["optimizer"] = rows
     save_json(args, results)
 
 
@@ -1384,6 +1434,11 @@ def print_tables(results):
             log(f"{r['config']:<18}{r['kind']:<18} x{r['count']:<4}ours {ours:8.1f}  keras "
                 f"{stock:8.1f}  torch {_fmt(tch, '8.1f')}  ours/keras {ours / stock:.2f}  "
                 f"ours/torch {_fmt(ours / tch if tch else None, '.2f')}")
+
+    for r in results.get("optimizer", []):
+        ms = r["ms"]
+        log(f"\n== SGD update, {r['config']} ({r['weights'] / 1e6:.1f} M weights): "
+            + "  ".join(f"{k} {v:.1f} ms" for k, v in ms.items()) + " ==")
 
     memory = results.get("memory", [])
     if memory:
@@ -1586,6 +1641,8 @@ def main(argv=None):
         measure_train(args, torch, torch_ref, results)
     if "train_layers" in args.sections:
         measure_train_layers(args, torch, results)
+    if "optimizer" in args.sections:
+        measure_optimizer(args, torch, torch_ref, results)
     if "dilated_conv" in args.sections:
         measure_dilated_conv(args, torch, results)
     if "ldv2_block" in args.sections:

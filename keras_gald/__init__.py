@@ -2,9 +2,21 @@
 
 Subpackages: `layers` (GA and LD blocks), `backbones` (dilated ResNets),
 `models` (the GALD factory), `data` (tf.data pipelines), `losses`, `metrics`,
-`inference`, `export`, `convert`.
+`optimizers`, `inference`, `export`, `convert`.
 """
 
 __version__ = "0.1.0"
 
-from keras_gald import backbones, convert, data, export, inference, layers, losses, metrics, models, visualize
+from keras_gald import (
+    backbones,
+    convert,
+    data,
+    export,
+    inference,
+    layers,
+    losses,
+    metrics,
+    models,
+    optimizers,
+    visualize,
+)

@@ -21,7 +21,7 @@ checkpoint (weights, BN statistics, optimizer slots and iteration count), so the
 schedule -- a function of the optimizer's iteration count -- continues exactly, and the
 (deterministic, seeded) training stream skips the batches already consumed.
 
-Weight decay: decoupled, via `keras.optimizers.SGD(weight_decay=wd)`
+Weight decay: decoupled, via `keras_gald.optimizers.SGD(weight_decay=wd)`
 (`w -= lr * wd * w` each step) on conv / dense kernels only (BN gamma/beta and biases
 excluded). PyTorch's SGD adds `wd * w` to the gradient instead (coupled, through
 momentum); the two differ by the momentum amplification of the decay term.
@@ -212,9 +212,9 @@ def build_model(config, num_classes, sync_bn):
 
 
 def build_optimizer(config):
-    import keras
+    from keras_gald.optimizers import SGD
 
-    opt = keras.optimizers.SGD(
+    opt = SGD(
         learning_rate=PolyLR(config.lr, config.steps, config.poly_power),
         momentum=config.momentum, nesterov=config.nesterov,
         weight_decay=config.weight_decay or None,

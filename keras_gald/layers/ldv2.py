@@ -27,6 +27,7 @@ Two implementations compute the same numbers:
 import contextlib
 import functools
 import math
+import threading
 
 import keras
 import tensorflow as tf
@@ -126,7 +127,9 @@ def _agg_t(w, a, offsets, pad):
 
 
 _PRIMITIVES = {"corr": _corr, "agg": _agg, "agg_t": _agg_t}
-_portable_depth = 0
+# Per thread: an export tracing in one thread leaves a training graph traced
+# meanwhile in another on the fast (XLA) primitives.
+_portable = threading.local()
 
 
 @contextlib.contextmanager
@@ -136,14 +139,13 @@ def portable_ops():
 
     The exporters (`keras_gald.export`) trace under it: tf2onnx and the TFLite
     converter need every op inlined in the graph, and a served SavedModel
-    should not depend on XLA.
+    should not depend on XLA. It applies to the calling thread only.
     """
-    global _portable_depth
-    _portable_depth += 1
+    _portable.depth = getattr(_portable, "depth", 0) + 1
     try:
         yield
     finally:
-        _portable_depth -= 1
+        _portable.depth -= 1
 
 
 @functools.lru_cache(maxsize=None)
@@ -167,7 +169,7 @@ def _primitives(offsets, pad, jit):
     cluster the call is simply inlined.
     """
     offsets = tuple(tuple(o) for o in offsets)
-    if jit and not _portable_depth and not tf.executing_eagerly():
+    if jit and not getattr(_portable, "depth", 0) and not tf.executing_eagerly():
         return tuple(_compiled_primitive(name, offsets, pad) for name in _PRIMITIVES)
     return tuple(functools.partial(_bind, fn, offsets, pad) for fn in _PRIMITIVES.values())
 

@@ -24,7 +24,8 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     gradient. Same statistics, same moving-average update (Keras': the biased
     batch variance), same weights and config; inference, masks, renorm and
     inputs that are not `(N, H, W, C)` normalised over `N, H, W` take Keras'
-    own path. Compute in float32 for float16/bfloat16 inputs, as Keras does.
+    own path, and so do float64 inputs (the kernel computes in float32, as
+    Keras does for float16/bfloat16 inputs).
 
     Input shape: any; output shape: the input shape.
 
@@ -43,6 +44,8 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
             and keras.backend.backend() == "tensorflow"
             and len(inputs.shape) == 4
             and list(self._reduction_axes) == [0, 1, 2]
+            # The kernel computes in float32: float64 keeps Keras' float64 path.
+            and tf.as_dtype(inputs.dtype) in (tf.float16, tf.bfloat16, tf.float32)
         )
 
     def call(self, inputs, training=None, mask=None):

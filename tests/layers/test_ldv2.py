@@ -1,6 +1,7 @@
 """Tests for keras_gald.layers.ldv2 (the paper's dynamic local distribution)."""
 
 import math
+import threading
 
 import keras
 import numpy as np
@@ -460,6 +461,19 @@ def test_portable_ops_traces_plain_graph():
         fresh = tf.function(lambda a, b: layer([a, b], training=False))
         assert not _xla_calls(fresh.get_concrete_function(*args))
     np.testing.assert_allclose(fresh(*args).numpy(), fn(*args).numpy(), rtol=1e-5, atol=1e-6)
+
+    # The context is per thread: another thread tracing meanwhile keeps XLA.
+    result = {}
+
+    def trace_elsewhere():
+        other = tf.function(lambda a, b: layer([a, b], training=False))
+        result["xla_calls"] = _xla_calls(other.get_concrete_function(*args))
+
+    with portable_ops():
+        worker = threading.Thread(target=trace_elsewhere)
+        worker.start()
+        worker.join()
+    assert result["xla_calls"]
 
 
 def test_onnx_export_dynamic_batch_and_size(tmp_path):

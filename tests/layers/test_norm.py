@@ -87,6 +87,10 @@ def test_fused_bfloat16_and_fallbacks():
         theirs = keras.layers.BatchNormalization(axis=axis, epsilon=BN_EPSILON)
         np.testing.assert_allclose(ours(x_other, training=True), theirs(x_other, training=True),
                                    rtol=1e-5, atol=1e-5)
+    x64 = tf.cast(x, tf.float64) * 1e3 + 1e6  # float32 would lose these digits
+    ours = FusedBatchNormalization(epsilon=BN_EPSILON, dtype="float64")
+    theirs = keras.layers.BatchNormalization(epsilon=BN_EPSILON, dtype="float64")
+    np.testing.assert_array_equal(ours(x64, training=True), theirs(x64, training=True))
     frozen = FusedBatchNormalization(epsilon=BN_EPSILON)
     frozen.build(x.shape)
     frozen.trainable = False  # frozen BN normalises with its moving statistics
