@@ -28,13 +28,13 @@ separately as `first_ms`):
    default `jit_slices=True`), `slices_plain` (`jit_slices=False`, plain TF
    ops) and `impl="patches"` (reference), graph and XLA; ratios over the
    default.
-5a. `train_layers`: every distinct conv and BatchNorm layer of the
+4b. `train_layers`: every distinct conv and BatchNorm layer of the
    `--train-configs` networks at the training crop, forward + backward, in
    turns: the library's layer (DilatedConv2D's hand-written gradients,
    FusedBatchNormalization), the stock Keras layer of the same config (TF's
    gradients) and PyTorch's; totals per kind (1x1, 3x3 rate 1, dilated,
    strided, BN) weighted by how often each layer occurs.
-5a'. `optimizer`: one SGD update (momentum 0.9) of all trainable weights of
+4c. `optimizer`: one SGD update (momentum 0.9) of all trainable weights of
    the `--train-configs` networks: `keras.optimizers.SGD`,
    `keras_gald.optimizers.SGD` (fused TF kernel) and `torch.optim.SGD`.
 5b. `dilated_conv`: one 3x3 conv of ASPP's shape (2048 -> 256, SAME) at rates
@@ -1057,7 +1057,7 @@ def measure_dilated_conv(args, torch, results):
     save_json(args, results)
 
 
-# ----------------------------------------------------- 5c. training layers
+# ------------------------------------------- 4b. training layers, 4c. optimizer
 
 
 def _layer_kind(layer):
