@@ -354,6 +354,14 @@ def min_input_size(cfg):
     return 16
 
 
+def train_size(args, cfg):
+    """`--train-size`, or the next multiple of 32 at or above the config's
+    minimum input (the official LDv1 needs >= 111)."""
+    if args.train_size < min_input_size(cfg):
+        return 32 * math.ceil(min_input_size(cfg) / 32)
+    return args.train_size
+
+
 def build_keras(cfg, height, width):
     """Builds the Keras network of `cfg` for static `(height, width)` inputs
     under the current dtype policy."""
@@ -827,9 +835,7 @@ def measure_train(args, torch, torch_ref, results):
     rng = np.random.default_rng(0)
     for name in args.train_configs:
         cfg = CONFIGS[name]
-        size = args.train_size
-        if size < min_input_size(cfg):
-            size = 32 * math.ceil(min_input_size(cfg) / 32)  # the official LDv1 needs >= 111
+        size = train_size(args, cfg)
         batch = args.train_batch
         images_np = rng.random((batch, size, size, 3), dtype=np.float32)
         labels_np = _labels(rng, batch, size, size)
@@ -1130,9 +1136,7 @@ def measure_train_layers(args, torch, results):
     rows, totals = [], []
     for name in args.train_configs:
         cfg = CONFIGS[name]
-        size = max(args.train_size, min_input_size(cfg))
-        if size > args.train_size:
-            size = 32 * math.ceil(size / 32)
+        size = train_size(args, cfg)
         model = build_keras(cfg, size, size)
         specs, skipped = _train_layer_specs(model, args.train_batch)
         log(f"[train_layers] {name} {args.train_batch}x{size}x{size}: {len(specs)} distinct "
@@ -1209,7 +1213,7 @@ def measure_optimizer(args, torch, torch_ref, results):
     rows = []
     for name in args.train_configs:
         cfg = CONFIGS[name]
-        size = max(args.train_size, min_input_size(cfg))
+        size = train_size(args, cfg)
         model = build_keras(cfg, size, size)
         weights = model.trainable_variables
         count = int(sum(np.prod(w.shape) for w in weights))

@@ -3,6 +3,8 @@
 import json
 import os
 import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -63,3 +65,25 @@ def assert_close_relative(actual, expected, rtol=1e-4):
     scale = max(np.abs(expected).max(), 1e-12)
     err = np.abs(actual - expected).max()
     assert err <= rtol * scale, f"max abs diff {err:.3g} > {rtol} * scale {scale:.3g}"
+
+
+_TWO_CPU_PREAMBLE = """
+import json, os, sys
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+sys.path.insert(0, {repo!r})
+import tensorflow as tf
+cpus = tf.config.list_physical_devices("CPU")
+tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+"""
+
+
+def run_on_two_cpu_replicas(body, timeout=300):
+    """Runs `body` in a fresh Python whose CPU is split into 2 logical devices
+    (that must happen before TF starts, hence a subprocess; `json`, `os`, `sys`
+    and `tf` are imported) and returns the JSON it prints on its last line."""
+    script = _TWO_CPU_PREAMBLE.format(repo=str(REPO_ROOT)) + body
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])

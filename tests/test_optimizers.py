@@ -1,19 +1,12 @@
 """keras_gald.optimizers.SGD: the fused update equals keras.optimizers.SGD."""
 
-import json
-import os
-import pathlib
-import subprocess
-import sys
-
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from keras_gald.optimizers import SGD
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
+from tests.conftest import run_on_two_cpu_replicas
 
 
 def _run(optimizer, steps=4, sparse=False, jit=False):
@@ -81,14 +74,7 @@ def test_fit_and_serialization_round_trip(tmp_path):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
-# The CPU must be split into 2 logical devices before TF starts: a subprocess.
 _TWO_REPLICAS = r"""
-import json, os, sys
-os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
-sys.path.insert(0, sys.argv[1])
-import tensorflow as tf
-cpus = tf.config.list_physical_devices("CPU")
-tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
 import keras, numpy as np
 from keras_gald.optimizers import SGD
 
@@ -110,10 +96,6 @@ print(json.dumps(out))
 
 
 def test_two_replicas_match_keras_sgd():
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    result = subprocess.run([sys.executable, "-c", _TWO_REPLICAS, str(REPO)], env=env,
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    out = json.loads(result.stdout.strip().splitlines()[-1])
+    out = run_on_two_cpu_replicas(_TWO_REPLICAS, timeout=600)
     for a, b in zip(out["ours"], out["keras"]):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

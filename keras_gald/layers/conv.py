@@ -275,17 +275,18 @@ class DilatedConv2D(keras.layers.Conv2D):
             return super().convolution_op(inputs, kernel)
         dilated = any(r > 1 for r in self.dilation_rate)
         odd = all(k % 2 == 1 for k in self.kernel_size)
+        unit_stride = all(s == 1 for s in self.strides)
         if dilated and (odd or self.padding == "valid"):
             return dilated_conv2d(inputs, kernel, self.dilation_rate, self.padding)
         if dilated:  # even kernel with "same": let TF handle the asymmetric pad
             return super().convolution_op(inputs, kernel)
-        if odd and max(self.kernel_size) > 1 and all(s == 1 for s in self.strides):
+        if odd and max(self.kernel_size) > 1 and unit_stride:
             # Same forward (tf.nn.conv2d); the hand-written gradient beats TF's
             # CPU backprop kernels at rate 1 too: 3x3, 2048 -> 256, forward +
             # backward, TF / ours: 2x16x16 199 / 159 ms, 1x64x64 1286 / 1217 ms
             # (benchmarks/results/dilated_conv_cpu.json).
             return dilated_conv2d(inputs, kernel, (1, 1), self.padding)
-        if self.kernel_size == (1, 1) and all(s == 1 for s in self.strides):
+        if self.kernel_size == (1, 1) and unit_stride:
             return pointwise_conv2d(inputs, kernel)
         return tf.nn.conv2d(
             inputs, kernel, strides=[1, *self.strides, 1], padding=self.padding.upper()

@@ -1,12 +1,6 @@
 """Tests for keras_gald.layers.norm: `batch_norm`, `FusedBatchNormalization`
 and `SyncBatchNormalization`."""
 
-import json
-import os
-import pathlib
-import subprocess
-import sys
-
 import keras
 import numpy as np
 import pytest
@@ -18,8 +12,7 @@ from keras_gald.layers.norm import (
     SyncBatchNormalization,
     batch_norm,
 )
-
-REPO = pathlib.Path(__file__).resolve().parents[2]
+from tests.conftest import run_on_two_cpu_replicas
 
 
 def test_factory_picks_the_class_and_pytorch_defaults():
@@ -148,14 +141,7 @@ def test_serialization_round_trip_and_weight_files_interchange(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
-# Runs in a subprocess: the CPU must be split into 2 logical devices before TF starts.
 _TWO_REPLICAS = r"""
-import json, os, sys
-os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
-sys.path.insert(0, sys.argv[1])
-import tensorflow as tf
-cpus = tf.config.list_physical_devices("CPU")
-tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
 import keras, numpy as np
 from keras_gald.layers.norm import batch_norm
 
@@ -209,11 +195,7 @@ def test_two_replicas_match_the_global_batch_statistics():
     Inputs have mean 300 and per-channel std 0.05..2, where Keras' own
     `synchronized=True` (E[x^2] - E[x]^2 in float32) loses the small variances.
     """
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.run([sys.executable, "-c", _TWO_REPLICAS, str(REPO)], capture_output=True,
-                          text=True, timeout=240, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = run_on_two_cpu_replicas(_TWO_REPLICAS, timeout=240)
     ours = out["keras_gald"]
     assert ours["y_err"] < 2e-3, ours["y_err"]
     np.testing.assert_allclose(ours["moving_variance"], out["exact_moving_variance"], rtol=1e-4)
