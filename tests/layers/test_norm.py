@@ -64,6 +64,43 @@ def test_fused_training_step_equals_keras_batchnorm(shape, mode):
                                atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "mixed_bfloat16"])
+@pytest.mark.parametrize("mode", ["eager", "graph", "xla"])
+def test_fused_inference_equals_keras_batchnorm(dtype, mode):
+    """Inference (and its gradients, as when fine-tuning with BN in inference
+    mode) runs the fused kernel with the moving statistics: Keras' numbers."""
+    rng = np.random.default_rng(3)
+    shape = (2, 5, 7, 8)
+    x = tf.constant(rng.normal(1.0, 2.0, size=shape).astype("float32"))
+    upstream = tf.constant(rng.normal(size=shape).astype("float32"))
+    kwargs = dict(epsilon=BN_EPSILON, momentum=0.9, dtype=dtype)
+    fused, ref = FusedBatchNormalization(**kwargs), keras.layers.BatchNormalization(**kwargs)
+    stats = [rng.uniform(0.5, 1.5, 8), rng.normal(size=8), rng.normal(size=8),
+             rng.uniform(0.2, 3.0, 8)]
+    for layer in (fused, ref):
+        layer.build(shape)
+        for weight, value in zip(layer.weights, stats):  # gamma, beta, mean, variance
+            weight.assign(value.astype("float32"))
+
+    def infer(layer, x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=False)
+            loss = tf.reduce_sum(tf.cast(y, tf.float32) * upstream)
+        return [y, *tape.gradient(loss, [x, *layer.trainable_weights])]
+
+    run = infer if mode == "eager" else tf.function(infer, jit_compile=mode == "xla")
+    ours, theirs = run(fused, x), infer(ref, x)
+    assert ours[0].dtype == theirs[0].dtype
+    tol = 1e-5 if dtype == "float32" else 0.05  # one bfloat16 rounding apart
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(tf.cast(a, tf.float32), tf.cast(b, tf.float32), rtol=tol,
+                                   atol=tol)
+    if mode == "graph":  # the fused kernel, not Keras' multiply-add
+        graph = run.get_concrete_function(fused, x).graph
+        assert "FusedBatchNormV3" in {op.type for op in graph.get_operations()}
+
+
 def test_fused_bfloat16_and_fallbacks():
     rng = np.random.default_rng(1)
     x = tf.constant(rng.normal(size=(2, 3, 4, 6)).astype("float32"))
