@@ -29,9 +29,12 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     `is_training=False`: one op that reads the input in its compute dtype
     (float32 statistics inside), where Keras' path casts a bfloat16 input to
     float32, multiplies, adds and casts back, and one that oneDNN fuses with
-    the following ReLU. R50 OS8 backbone at 512x512 on a 2-core AVX-512 CPU:
-    bf16 733 -> 605 ms, fp32 1196 -> 1157 ms (`benchmarks/speed.py
-    --sections forward --modes fp32,bf16`).
+    the following ReLU. Half-precision inputs go to the kernel as they are
+    (no cast in and out). Against Keras' layer, in turns on a 2-core AVX-512
+    CPU (`python benchmarks/batchnorm.py`, benchmarks/results/
+    batchnorm_cpu.json): R50 OS8 backbone forward at 512x512, bf16 728 ->
+    623 ms, fp32 1251 -> 1181 ms; the authors' v1 R50 training step at
+    2x128x128, bf16 1067 -> 782 ms, fp32 1459 -> 1311 ms.
 
     Masks, renorm and inputs that are not `(N, H, W, C)` normalised over
     `N, H, W` take Keras' own path, and so do float64 inputs (the kernel
@@ -56,6 +59,15 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
             and tf.as_dtype(inputs.dtype) in (tf.float16, tf.bfloat16, tf.float32)
         )
 
+    def _kernel_dtype(self):
+        # The kernel reads half-precision inputs itself (float32 statistics
+        # inside), which saves a cast in and out of every BN. bfloat16 is
+        # only known to run on TF's CPU kernels: with a GPU visible it is cast.
+        dtype = tf.as_dtype(self.compute_dtype)
+        if dtype == tf.bfloat16 and tf.config.list_logical_devices("GPU"):
+            return tf.float32
+        return dtype
+
     def _affine(self, channels):
         gamma = tf.cast(self.gamma, "float32") if self.scale else tf.ones([channels])
         beta = tf.cast(self.beta, "float32") if self.center else tf.zeros([channels])
@@ -66,7 +78,7 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
             return super().call(inputs, training=training, mask=mask)
         if not (training and self.trainable):
             return self._fused_inference(inputs)
-        x = tf.cast(inputs, "float32")
+        x = tf.cast(inputs, self._kernel_dtype())
         gamma, beta = self._affine(x.shape[-1])
         y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
             x, gamma, beta, epsilon=self.epsilon, is_training=True
@@ -86,14 +98,15 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         return tf.cast(y, self.compute_dtype)
 
     def _fused_inference(self, inputs):
-        x = tf.cast(inputs, self.compute_dtype)
+        x = tf.cast(inputs, self._kernel_dtype())
         gamma, beta = self._affine(x.shape[-1])
-        return tf.compat.v1.nn.fused_batch_norm(
+        y = tf.compat.v1.nn.fused_batch_norm(
             x, gamma, beta,
             mean=tf.cast(self.moving_mean, "float32"),
             variance=tf.cast(self.moving_variance, "float32"),
             epsilon=self.epsilon, is_training=False,
         )[0]
+        return tf.cast(y, self.compute_dtype)
 
 
 @keras.saving.register_keras_serializable(package="keras_gald", name="SyncBatchNormalization")
