@@ -15,7 +15,9 @@ separately as `first_ms`):
    gives the FLOPs of one forward pass, achieved GFLOP/s and its share of the
    conv peak of the same dtype measured in step 1. Backbone-only rows
    (`*_backbone`) show how close the convolutions get to that peak.
-3. `ld_overhead`: forward-time ratios (ASPP+LDv1)/ASPP and (ASPP+LDv2)/ASPP.
+3. `ld_overhead`: forward-time ratios (ASPP+LDv1)/ASPP and (ASPP+LDv2)/ASPP
+   from the `forward` rows; `ld_turns` (section): the same three networks
+   timed in turns per mode, with per-round ratios (robust to drift).
 4. `train`: one SGD step (`keras_gald.optimizers.SGD`, momentum 0.9; cross-entropy with ignore label 255,
    plus 0.4 x the auxiliary head's loss when the model has one, i.e.
    `Segmenter.compile` defaults) at 128x128, batch 2, via
@@ -59,10 +61,13 @@ separately as `first_ms`):
 7. PyTorch (`benchmarks/torch_reference.py`, skipped with a note when `import
    torch` fails): the same networks, eager, `torch.channels_last`, fp32,
    `torch.inference_mode()`; with `--torch-compile` also `torch.compile`d;
-   and the same training step. Torch uses as many threads as TF
-   (`--threads`); TF runs one op at a time (`--inter-op-threads 1`) as
-   PyTorch does. Rows give Keras/PyTorch time ratios (>1: Keras slower).
-   In fp32 the Keras model and its PyTorch twin are timed in turns
+   with `bf16` among the modes also under `torch.autocast("cpu",
+   torch.bfloat16)` (`torch_eager_bf16`, the twin of Keras' `mixed_bfloat16`:
+   float32 weights, bf16 convs and matmuls); and the same training step.
+   Torch uses as many threads as TF (`--threads`); TF runs one op at a time
+   (`--inter-op-threads 1`) as PyTorch does. Rows give Keras/PyTorch time
+   ratios (>1: Keras slower) against the twin of the same precision.
+   In fp32 and bf16 the Keras model and its PyTorch twin are timed in turns
    (`time_interleaved`: one call of each per round; training steps get one
    untimed settling call before each timed one), so a slow spell of a
    shared machine slows both: `keras_over_torch` is the ratio of the two
@@ -133,8 +138,11 @@ import numpy as np  # noqa: E402
 NUM_CLASSES = 19
 IGNORE_INDEX = 255
 MODES = ("fp32", "fp32_xla", "bf16")
-SECTIONS = ("peak", "forward", "train", "train_layers", "optimizer", "ldv2_block",
+SECTIONS = ("peak", "forward", "ld_turns", "train", "train_layers", "optimizer", "ldv2_block",
             "dilated_conv", "memory")
+# The PyTorch twins a Keras mode is timed in turns with (the first is the
+# reference of its K/T ratios): fp32 against fp32, bf16 against bf16 autocast.
+TORCH_TWINS = {"fp32": ("torch_eager", "torch_compile"), "bf16": ("torch_eager_bf16",)}
 MEMORY_BLOCKS = ("aspp", "ldv2_slices", "ldv2_slices_plain", "ldv2_patches")
 DENSE_OPS = ("Conv2D", "DepthwiseConv2dNative", "MatMul", "BatchMatMul", "BatchMatMulV2",
              "BatchMatMulV3", "Einsum")
@@ -612,19 +620,22 @@ def _inference_fn(model, jit=False):
 
 
 def _time_keras(args, row, keras_fn, torch_job, settle=0):
-    """Times `keras_fn` into `row`. In fp32 with a PyTorch twin (`torch_job`), both are
-    timed in turns (`settle` untimed calls before each timed one) and the twin's stats
-    are returned (`{torch mode: stats}`)."""
-    if row["mode"] != "fp32" or torch_job is None:
+    """Times `keras_fn` into `row`. With PyTorch twins of the row's precision
+    (`TORCH_TWINS`, in `torch_job`), they are timed in turns (`settle` untimed calls
+    before each timed one) and the twins' stats are returned (`{torch mode: stats}`)."""
+    twins = {} if torch_job is None else {
+        m: fn for m, fn in torch_job["fns"].items() if m in TORCH_TWINS.get(row["mode"], ())}
+    if not twins:
         row.update(time_calls(keras_fn, args.warmup, args.repeats))
-        return None
-    stats, times = time_interleaved({"keras": keras_fn, **torch_job["fns"]},
+        return {}
+    stats, times = time_interleaved({"keras": keras_fn, **twins},
                                     args.warmup, args.repeats, settle=settle)
     row["settle_calls"] = settle
     row.update(stats.pop("keras"))
-    row["keras_over_torch_paired"] = paired_ratio(times["keras"], times["torch_eager"])
+    reference = next(iter(twins))
+    row["keras_over_torch_paired"] = paired_ratio(times["keras"], times[reference])
     log("    in turns with " + ", ".join(f"{m} {st['ms']:.1f} ms" for m, st in stats.items())
-        + f"; Keras/PyTorch per round {row['keras_over_torch_paired']:.3f}")
+        + f"; Keras/PyTorch ({reference}) per round {row['keras_over_torch_paired']:.3f}")
     return stats
 
 
@@ -664,7 +675,7 @@ def measure_forward(args, torch, torch_ref, results):
                 def keras_call(fn=fn):
                     _sync_tf(fn(images))
 
-                torch_stats = _time_keras(args, row, keras_call, torch_job) or torch_stats
+                torch_stats.update(_time_keras(args, row, keras_call, torch_job))
                 log(f"    {row['ms']:.1f} ms (first call {row['first_ms']:.0f} ms)")
             except Exception as exc:  # noqa: BLE001 - keep the run going, report it
                 row["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
@@ -732,18 +743,20 @@ def _torch_forward_job(args, torch, torch_ref, cfg, height, width):
     torch.manual_seed(0)
     model = build_torch(torch_ref, cfg).eval().to(memory_format=torch.channels_last)
     images = torch.rand(1, 3, height, width).contiguous(memory_format=torch.channels_last)
-    variants = [("torch_eager", model)]
+    variants = [("torch_eager", model, False)]
     if args.torch_compile:
-        variants.append(("torch_compile", compile_torch(torch, model)))
+        variants.append(("torch_compile", compile_torch(torch, model), False))
+    if "bf16" in args.modes:
+        variants.append(("torch_eager_bf16", model, True))
 
-    def make_call(net):
+    def make_call(net, bf16):
         def call():
-            with torch.inference_mode():
+            with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
                 net(images)
 
         return call
 
-    return dict(fns={mode: make_call(net) for mode, net in variants}, model=model,
+    return dict(fns={mode: make_call(net, bf16) for mode, net, bf16 in variants}, model=model,
                 torch_gflop=torch_flops(torch, torch_ref, cfg, height, width))
 
 
@@ -773,7 +786,7 @@ def _torch_forward_rows(args, job, stats, name, height, width, rows, results, fl
             # The Keras graph's dense FLOPs: the same network, so the same work.
             row["gflop"] = flops["gflop"]
             row["gflop_s"] = flops["gflop"] / (row["ms"] / 1e3)
-            peak = conv_peak(results, "fp32")
+            peak = conv_peak(results, "bf16" if mode.endswith("bf16") else "fp32")
             if peak:
                 row["pct_conv_peak"] = 100.0 * row["gflop_s"] / peak
         rows.append(row)
@@ -781,19 +794,26 @@ def _torch_forward_rows(args, job, stats, name, height, width, rows, results, fl
 
 def attach_torch_ratios(rows, name, size):
     """Adds `torch_eager_ms`, `keras_over_torch` (and the `torch_compile`
-    equivalents) to the Keras rows of config `name` at input `size`."""
+    equivalents) to the Keras rows of config `name` at input `size`: fp32 and
+    fp32_xla rows against PyTorch fp32, bf16 rows against PyTorch under bf16
+    autocast (`torch_reference` names the twin)."""
     same = [r for r in rows if r["config"] == name and r["input"] == size and "ms" in r]
-    for torch_mode, ms_key, ratio_key in (
-        ("torch_eager", "torch_eager_ms", "keras_over_torch"),
-        ("torch_compile", "torch_compile_ms", "keras_over_torch_compile"),
-    ):
-        reference = next((r for r in same if r["mode"] == torch_mode), None)
-        if reference is None:
+    torch_ms = {r["mode"]: r["ms"] for r in same if r["mode"] not in MODES}
+    for row in same:
+        if row["mode"] not in MODES:
             continue
-        for row in same:
-            if row["mode"] in MODES:
-                row[ms_key] = reference["ms"]
-                row[ratio_key] = row["ms"] / reference["ms"]
+        precision = "bf16" if row["mode"] == "bf16" else "fp32"
+        eager, compiled = (("torch_eager_bf16", None) if precision == "bf16"
+                           else ("torch_eager", "torch_compile"))
+        for torch_mode, ms_key, ratio_key in (
+            (eager, "torch_eager_ms", "keras_over_torch"),
+            (compiled, "torch_compile_ms", "keras_over_torch_compile"),
+        ):
+            if torch_mode in torch_ms:
+                row[ms_key] = torch_ms[torch_mode]
+                row[ratio_key] = row["ms"] / torch_ms[torch_mode]
+                if ms_key == "torch_eager_ms":
+                    row["torch_reference"] = torch_mode
 
 
 def ld_overhead(results):
@@ -813,6 +833,50 @@ def ld_overhead(results):
         if len(entry) > 4:
             rows.append(entry)
     results["ld_overhead"] = rows
+
+
+def measure_ld_turns(args, results):
+    """LD overhead timed in turns: for every backbone of `--configs` with an
+    `_aspp` configuration, the ASPP, ASPP+LDv1 and ASPP+LDv2 Keras networks are
+    built side by side and called round-robin (`time_interleaved`), per mode,
+    so the per-round ratios see the same machine state. `ld_overhead` divides
+    medians of separately timed configurations, which a slow spell of a shared
+    machine can move by more than the LD modules cost."""
+    rows = results.setdefault("ld_turns", [])
+    height, width = args.size, args.size
+    backbones = sorted({name[: -len("_aspp")] for name in args.configs if name.endswith("_aspp")})
+    for backbone in backbones:
+        names = [f"{backbone}_aspp", f"{backbone}_aspp_ldv1", f"{backbone}_aspp_ldv2"]
+        import tensorflow as tf
+
+        images = tf.random.uniform((1, height, width, 3), seed=0)
+        for mode in args.modes:
+            if mode == "fp32_xla":
+                continue
+            log(f"[ld_turns] {backbone} {mode} {height}x{width}: ASPP, +LDv1, +LDv2 in turns ...")
+            set_policy(mode)
+            try:
+                fns = {}
+                for name in names:
+                    fn = _inference_fn(build_keras(CONFIGS[name], height, width))
+                    fns[name] = lambda fn=fn: _sync_tf(fn(images))
+                stats, times = time_interleaved(fns, args.warmup, args.repeats)
+            finally:
+                set_policy("fp32")
+                fns = None
+                fresh_session()
+            row = dict(backbone=backbone, mode=mode, input=f"1x{height}x{width}",
+                       **{f"{name}_ms": stats[name]["ms"] for name in names},
+                       **{f"{name}_all": stats[name]["ms_all"] for name in names})
+            for ld, name in (("ldv1", names[1]), ("ldv2", names[2])):
+                row[f"{ld}_over_aspp"] = stats[name]["ms"] / stats[names[0]]["ms"]
+                row[f"{ld}_over_aspp_paired"] = paired_ratio(times[name], times[names[0]])
+            log(f"    ASPP {row[names[0] + '_ms']:.1f} ms; LDv1/ASPP "
+                f"{row['ldv1_over_aspp']:.3f} (per round {row['ldv1_over_aspp_paired']:.3f}), "
+                f"LDv2/ASPP {row['ldv2_over_aspp']:.3f} "
+                f"(per round {row['ldv2_over_aspp_paired']:.3f})")
+            rows.append(row)
+            save_json(args, results)
 
 
 # --------------------------------------------------------------- 4. train
@@ -863,8 +927,7 @@ def measure_train(args, torch, torch_ref, results):
                 def keras_step(model=model):
                     model.train_on_batch(images, labels)
 
-                torch_stats = (_time_keras(args, row, keras_step, torch_job, settle=1)
-                               or torch_stats)
+                torch_stats.update(_time_keras(args, row, keras_step, torch_job, settle=1))
             except Exception as exc:  # noqa: BLE001
                 row["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
                 log(f"    FAILED: {row['error']}")
@@ -894,21 +957,25 @@ def _torch_train_job(args, torch, torch_ref, cfg, images_np, labels_np):
         memory_format=torch.channels_last)
     labels = torch.from_numpy(labels_np).long()
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    variants = [("torch_eager", model)]
+    variants = [("torch_eager", model, False)]
     if args.torch_compile:
-        variants.append(("torch_compile", compile_torch(torch, model)))
+        variants.append(("torch_compile", compile_torch(torch, model), False))
+    if "bf16" in args.modes:
+        variants.append(("torch_eager_bf16", model, True))
 
-    def make_step(net):
+    def make_step(net, bf16):
         def step():
             optimizer.zero_grad(set_to_none=True)
-            loss = torch_ref.segmentation_loss(net(images), labels, IGNORE_INDEX, 0.4)
+            with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+                outputs = net(images)
+            loss = torch_ref.segmentation_loss(outputs, labels, IGNORE_INDEX, 0.4)
             loss.backward()
             optimizer.step()
             return loss.item()
 
         return step
 
-    return dict(fns={mode: make_step(net) for mode, net in variants}, model=model)
+    return dict(fns={mode: make_step(net, bf16) for mode, net, bf16 in variants}, model=model)
 
 
 # ---------------------------------------------------------- 5. LDv2 block
@@ -1371,17 +1438,18 @@ def print_tables(results):
         if not rows:
             continue
         log(f"\n== {title}: median ms; GFLOP = dense ops of one forward; % of the TF conv "
-            "peak of the same dtype ==")
-        header = (f"{'config':<20}{'mode':<14}{'input':<14}{'ms':>10}{'first ms':>10}"
+            "peak of the same dtype; torch = the PyTorch twin in the same precision (bf16: "
+            "torch.autocast) ==")
+        header = (f"{'config':<20}{'mode':<18}{'input':<14}{'ms':>10}{'first ms':>10}"
                   f"{'GFLOP':>9}{'GFLOP/s':>9}{'%peak':>7}{'torch ms':>10}{'K/T':>6}"
                   f"{'K/T rnd':>8}")
         log(header)
         log("-" * len(header))
         for r in rows:
             if "error" in r:
-                log(f"{r['config']:<20}{r['mode']:<14}{r['input']:<14}  ERROR {r['error'][:60]}")
+                log(f"{r['config']:<20}{r['mode']:<18}{r['input']:<14}  ERROR {r['error'][:60]}")
                 continue
-            log(f"{r['config']:<20}{r['mode']:<14}{r['input']:<14}{r['ms']:>10.1f}"
+            log(f"{r['config']:<20}{r['mode']:<18}{r['input']:<14}{r['ms']:>10.1f}"
                 f"{r['first_ms']:>10.0f}{_fmt(r.get('gflop'), '.2f'):>9}"
                 f"{_fmt(r.get('gflop_s'), '.1f'):>9}{_fmt(r.get('pct_conv_peak'), '.0f'):>7}"
                 f"{_fmt(r.get('torch_eager_ms'), '.1f'):>10}"
@@ -1406,6 +1474,15 @@ def print_tables(results):
         for r in overhead:
             log(f"{r['backbone']:<6}{r['mode']:<14}{r['input']:<14} LDv1 "
                 f"{_fmt(r.get('ldv1_over_aspp'), '.3f')}  LDv2 {_fmt(r.get('ldv2_over_aspp'), '.3f')}")
+
+    turns = results.get("ld_turns", [])
+    if turns:
+        log("\n== LD overhead timed in turns (ratio of medians / median of per-round ratios) ==")
+        for r in turns:
+            log(f"{r['backbone']:<6}{r['mode']:<14}{r['input']:<14} ASPP "
+                f"{r[r['backbone'] + '_aspp_ms']:.1f} ms  LDv1 {r['ldv1_over_aspp']:.3f} / "
+                f"{r['ldv1_over_aspp_paired']:.3f}  LDv2 {r['ldv2_over_aspp']:.3f} / "
+                f"{r['ldv2_over_aspp_paired']:.3f}")
 
     block = results.get("ldv2_block", [])
     if block:
@@ -1641,6 +1718,8 @@ def main(argv=None):
     if "forward" in args.sections:
         measure_forward(args, torch, torch_ref, results)
         ld_overhead(results)
+    if "ld_turns" in args.sections:
+        measure_ld_turns(args, results)
     if "train" in args.sections:
         measure_train(args, torch, torch_ref, results)
     if "train_layers" in args.sections:
