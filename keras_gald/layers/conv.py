@@ -28,6 +28,11 @@ rate 36 the eight outer taps overlap the image on 28 of 64 rows or columns.
 reads the image (forward and both gradients), skipping the zeros exactly;
 at 64x64, 2048 -> 256 channels on a 2-core CPU, forward: 267 -> 120 ms at
 rate 36, 273 -> 235 ms at rate 12 (`benchmarks/speed.py --sections dilated_conv`).
+
+On CPU, wide float32 kernels (>= `SLICE_MIN_CHANNELS` input or output
+channels, e.g. the heads' 3x3 2048 -> 512 convs) run as convolutions over
+512-channel slices (`conv2d_sliced`), forward and input gradient, which oneDNN
+runs faster than one whole convolution.
 """
 
 import keras
@@ -46,6 +51,18 @@ TAPS_MAX_FRACTION = 0.8
 # TF's Conv2DBackpropFilter for the kernel gradient: for small matrices it beats
 # nine window matmuls (`benchmarks/speed.py --sections train_layers`).
 TF_FILTER_GRAD_MAX_WEIGHTS = 128 * 128
+# On CPU, float32 k x k convolutions with this many input (or output) channels
+# or more run as several convolutions over `CHANNEL_SLICE`-channel slices
+# (summed over input slices, concatenated over output slices): oneDNN's fp32
+# kernel reaches less of the machine on such wide kernels (the GALD heads'
+# 3x3 2048/2560 -> 512 convs and their input gradients). Whole networks on a
+# 2-core AVX-512 CPU, in turns (`python benchmarks/library_vs_stock.py
+# --changes conv_slices`, benchmarks/results/conv_slices_cpu.json): authors'
+# v1 R50 forward at 512x512 2256 -> 2050 ms, its training step at 2x128x128
+# 1252 -> 1139 ms, R50 FCN forward 1619 -> 1516 ms. bfloat16 kernels stay
+# whole: sliced, they ran no faster in an ad hoc check.
+SLICE_MIN_CHANNELS = 1024
+CHANNEL_SLICE = 512
 _METHODS = ("auto", "conv", "taps")
 
 
@@ -131,6 +148,50 @@ def _shifted_kernel_grad(x_pad, dy, kernel_size, dilations):
     return tf.reshape(tf.stack(taps), [kh, kw, channels_in, channels_out])
 
 
+def _sliced_channels(kernel):
+    """The kernel axis (2: input, 3: output channels) `conv2d_sliced` splits, or None."""
+    if kernel.dtype != tf.float32 or tf.config.list_logical_devices("GPU"):
+        return None
+    c_in, c_out = int(kernel.shape[2]), int(kernel.shape[3])
+    if max(c_in, c_out) < SLICE_MIN_CHANNELS or (kernel.shape[0], kernel.shape[1]) == (1, 1):
+        return None
+    return 2 if c_in >= c_out else 3
+
+
+def conv2d_sliced(x, kernel, padding, dilations):
+    """Stride-1 `tf.nn.conv2d`, run over channel slices for wide float32 kernels on CPU.
+
+    Args:
+        x: `(N, H, W, C_in)`.
+        kernel: `(kh, kw, C_in, C_out)`.
+        padding: `"SAME"` or `"VALID"`.
+        dilations: `[1, rh, rw, 1]`.
+
+    Returns:
+        `(N, H', W', C_out)`, `tf.nn.conv2d`'s result (up to float32 summation
+        order when the input channels are sliced).
+    """
+    axis = _sliced_channels(kernel)
+    if axis is None:
+        return tf.nn.conv2d(x, kernel, strides=1, padding=padding, dilations=dilations)
+    parts = []
+    for start in range(0, int(kernel.shape[axis]), CHANNEL_SLICE):
+        stop = start + CHANNEL_SLICE
+        if axis == 2:
+            part = tf.nn.conv2d(x[..., start:stop], kernel[:, :, start:stop, :], strides=1,
+                                padding=padding, dilations=dilations)
+        else:
+            part = tf.nn.conv2d(x, kernel[..., start:stop], strides=1, padding=padding,
+                                dilations=dilations)
+        parts.append(part)
+    if axis == 3:
+        return tf.concat(parts, axis=-1)
+    total = parts[0]
+    for part in parts[1:]:
+        total = total + part
+    return total
+
+
 def dilated_conv2d(inputs, kernel, dilations, padding, method="auto"):
     """Stride-1 dilated 2-D convolution with a fast custom gradient.
 
@@ -180,7 +241,7 @@ def dilated_conv2d(inputs, kernel, dilations, padding, method="auto"):
 
     @tf.custom_gradient
     def conv(x, k):
-        y = tf.nn.conv2d(x, k, strides=1, padding=padding, dilations=[1, rh, rw, 1])
+        y = conv2d_sliced(x, k, padding, [1, rh, rw, 1])
 
         def grad(dy):
             flipped = tf.transpose(tf.reverse(k, axis=[0, 1]), [0, 1, 3, 2])
@@ -189,9 +250,7 @@ def dilated_conv2d(inputs, kernel, dilations, padding, method="auto"):
                 dy_in = tf.pad(dy, [[0, 0], [ph, ph], [pw, pw], [0, 0]])
             else:
                 dy_in = dy
-            dx = tf.nn.conv2d(
-                dy_in, flipped, strides=1, padding=padding, dilations=[1, rh, rw, 1]
-            )
+            dx = conv2d_sliced(dy_in, flipped, padding, [1, rh, rw, 1])
             if (rh, rw) == (1, 1) and c_in * c_out <= TF_FILTER_GRAD_MAX_WEIGHTS:
                 dk = tf.raw_ops.Conv2DBackpropFilter(
                     input=x, filter_sizes=tf.shape(k), out_backprop=dy,

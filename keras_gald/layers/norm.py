@@ -31,7 +31,7 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     float32, multiplies, adds and casts back, and one that oneDNN fuses with
     the following ReLU. Half-precision inputs go to the kernel as they are
     (no cast in and out). Against Keras' layer, in turns on a 2-core AVX-512
-    CPU (`python benchmarks/batchnorm.py`, benchmarks/results/
+    CPU (`python benchmarks/library_vs_stock.py --changes batchnorm`, benchmarks/results/
     batchnorm_cpu.json): R50 OS8 backbone forward at 512x512, bf16 728 ->
     623 ms, fp32 1251 -> 1181 ms; the authors' v1 R50 training step at
     2x128x128, bf16 1067 -> 782 ms, fp32 1459 -> 1311 ms.

@@ -80,6 +80,35 @@ def test_rate_one_kernel_gradient_both_ways(monkeypatch, padding, tf_filter_grad
     _assert_close_to(ours, ref)
 
 
+@pytest.mark.parametrize("c_in,c_out", [(11, 4), (4, 11), (12, 12)])
+@pytest.mark.parametrize("padding,rate", [("SAME", 1), ("VALID", 1), ("SAME", 3)])
+@pytest.mark.parametrize("jit", [False, True])
+def test_wide_kernels_run_over_channel_slices(monkeypatch, c_in, c_out, padding, rate, jit):
+    # Slices of 3 with an uneven last one; input-channel slices are summed,
+    # output-channel slices concatenated (the input gradient of a wide-output conv).
+    monkeypatch.setattr(conv_module, "SLICE_MIN_CHANNELS", 8)
+    monkeypatch.setattr(conv_module, "CHANNEL_SLICE", 3)
+    rng = np.random.default_rng(5)
+    x = tf.constant(rng.normal(size=(2, 12, 13, c_in)).astype("float32"))
+    k = tf.constant(rng.normal(size=(3, 3, c_in, c_out)).astype("float32"))
+
+    def fast(x, k):
+        return _loss_and_grads(
+            lambda a, b: dilated_conv2d(a, b, (rate, rate), padding, method="conv"), x, k)
+
+    ours = (tf.function(fast, jit_compile=True) if jit else fast)(x, k)
+    ref = _loss_and_grads(lambda a, b: tf.nn.convolution(a, b, padding=padding, dilations=rate),
+                          x, k)
+    _assert_close_to(ours, ref)
+    graph = tf.function(lambda a: conv_module.conv2d_sliced(a, k, padding, [1, rate, rate, 1]))
+    convs = [op for op in graph.get_concrete_function(x).graph.get_operations()
+             if op.type == "Conv2D"]
+    assert len(convs) == 4  # ceil(max(c_in, c_out) / 3) slices
+    # bfloat16 kernels (and narrow ones) stay one convolution.
+    for kernel in (tf.cast(k, tf.bfloat16), k[:, :, :4, :4]):
+        assert conv_module._sliced_channels(kernel) is None
+
+
 @pytest.mark.parametrize("jit", [False, True])
 def test_pointwise_conv2d_matches_tf_convolution(jit):
     rng = np.random.default_rng(4)

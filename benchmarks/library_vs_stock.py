@@ -1,27 +1,33 @@
-"""The library's BatchNorm against Keras' own, in whole networks (issue #8).
+"""The library's fast paths against the stock ones they replace, in whole networks (issue #8).
 
-`keras_gald.layers.FusedBatchNormalization` runs TF's fused kernel for
-training and inference and hands bfloat16/float16 inputs to it directly;
-Keras' `BatchNormalization` (the reference here) computes moments and the
-affine transform op by op, in float32. For each case below one network is
-built twice, once with every BN on the library's path and once with the same
-layers on Keras' `BatchNormalization.call` (the graph is traced with that
-method swapped in), and the two are timed in turns (`speed.time_interleaved`:
-one call of each per round), so a slow spell of a shared machine hits both.
+Each `--changes` entry names one optimisation of keras_gald and how to turn it
+off; for each case below one network is built twice, once as the library
+builds it and once with that change switched off while its graph is traced,
+and the two are timed in turns (`speed.time_interleaved`: one call of each per
+round), so a slow spell of a shared machine hits both.
+
+Changes:
+    batchnorm     `FusedBatchNormalization` (TF's fused kernel for training and
+                  inference, bfloat16/float16 straight in) against Keras'
+                  `BatchNormalization.call` (moments and the affine transform op
+                  by op, in float32). Layers inside subclassed blocks (GALDBlockV1,
+                  LDv1) are switched too: the method is swapped on the class.
+    conv_slices   float32 k x k convolutions with >= 1024 input or output
+                  channels run over 512-channel slices
+                  (`keras_gald.layers.conv.conv2d_sliced`) against one whole
+                  `tf.nn.conv2d`.
 
 Cases (`--cases`, comma-separated):
     forward:<config>:<mode>   batch 1 at `--size` (512), inference graph
     train:<config>:<mode>     one SGD step at 2 x `--train-size` (128)
 with `<config>` from `benchmarks/speed.py` (`r50_backbone`, `official_v1_r50`,
 `r50_aspp_ldv2`, ...) and `<mode>` `fp32` or `bf16` (`mixed_bfloat16`).
-Layers inside subclassed blocks (GALDBlockV1, LDv1) are swapped too: the
-method is swapped on the class.
 
 Usage (from the repository root):
-    python benchmarks/batchnorm.py --json benchmarks/results/batchnorm_cpu.json
-    python benchmarks/batchnorm.py --cases forward:r50_backbone:bf16 --repeats 3
+    python benchmarks/library_vs_stock.py --changes batchnorm --json benchmarks/results/batchnorm_cpu.json
+    python benchmarks/library_vs_stock.py --changes conv_slices --cases forward:official_v1_r50:fp32
 
-Prints one row per case: library ms, Keras ms, their ratio (median of the
+Prints one row per change and case: library ms, stock ms, their ratio (of the
 medians) and the median of the per-round ratios; writes JSON.
 """
 
@@ -40,6 +46,7 @@ import numpy as np  # noqa: E402
 
 import speed  # noqa: E402
 
+DEFAULT_CHANGES = "batchnorm,conv_slices"
 DEFAULT_CASES = (
     "forward:r50_backbone:fp32,forward:r50_backbone:bf16,"
     "forward:official_v1_r50:fp32,forward:official_v1_r50:bf16,"
@@ -49,18 +56,26 @@ DEFAULT_CASES = (
 
 
 @contextlib.contextmanager
-def keras_batchnorm():
-    """Inside: every `FusedBatchNormalization` call runs Keras' own `call`."""
-    import keras
-
-    from keras_gald.layers.norm import FusedBatchNormalization
-
-    saved = FusedBatchNormalization.call
-    FusedBatchNormalization.call = keras.layers.BatchNormalization.call
+def _swapped(owner, attribute, value):
+    saved = getattr(owner, attribute)
+    setattr(owner, attribute, value)
     try:
         yield
     finally:
-        FusedBatchNormalization.call = saved
+        setattr(owner, attribute, saved)
+
+
+def stock_path(change):
+    """A context in which graphs traced run without `change`."""
+    import keras
+
+    from keras_gald.layers import conv, norm
+
+    if change == "batchnorm":
+        return _swapped(norm.FusedBatchNormalization, "call", keras.layers.BatchNormalization.call)
+    if change == "conv_slices":
+        return _swapped(conv, "SLICE_MIN_CHANNELS", float("inf"))
+    raise SystemExit(f"unknown change {change!r}; known: {DEFAULT_CHANGES}")
 
 
 def parse_case(text):
@@ -96,46 +111,50 @@ def build_call(kind, cfg, args):
     return lambda: model.train_on_batch(images, labels)
 
 
-def run_case(args, case):
+def run_case(args, change, case):
     kind, config, mode = parse_case(case)
     cfg = speed.CONFIGS[config]
     speed.set_policy(mode)
     try:
         ours = build_call(kind, cfg, args)
-        ours()  # traced with the library's BN
-        with keras_batchnorm():
+        ours()  # traced as the library runs
+        with stock_path(change):
             stock = build_call(kind, cfg, args)
-            stock()  # traced (and cached) with Keras' BN
-        stats, times = speed.time_interleaved({"keras_gald": ours, "keras": stock},
+            stock()  # traced (and cached) without the change
+        stats, times = speed.time_interleaved({"keras_gald": ours, "stock": stock},
                                               args.warmup, args.repeats,
                                               settle=1 if kind == "train" else 0)
     finally:
         speed.set_policy("fp32")
         speed.fresh_session()
-    row = dict(case=case, kind=kind, config=config, mode=mode,
-               keras_gald_ms=stats["keras_gald"]["ms"], keras_ms=stats["keras"]["ms"],
-               keras_gald_all=stats["keras_gald"]["ms_all"], keras_all=stats["keras"]["ms_all"])
-    row["ratio"] = row["keras_gald_ms"] / row["keras_ms"]
-    row["ratio_per_round"] = speed.paired_ratio(times["keras_gald"], times["keras"])
-    speed.log(f"[{case}] keras_gald {row['keras_gald_ms']:.1f} ms, Keras BN "
-              f"{row['keras_ms']:.1f} ms, ratio {row['ratio']:.3f} "
+    row = dict(change=change, case=case, kind=kind, config=config, mode=mode,
+               keras_gald_ms=stats["keras_gald"]["ms"], stock_ms=stats["stock"]["ms"],
+               keras_gald_all=stats["keras_gald"]["ms_all"], stock_all=stats["stock"]["ms_all"])
+    row["ratio"] = row["keras_gald_ms"] / row["stock_ms"]
+    row["ratio_per_round"] = speed.paired_ratio(times["keras_gald"], times["stock"])
+    speed.log(f"[{change} {case}] keras_gald {row['keras_gald_ms']:.1f} ms, stock "
+              f"{row['stock_ms']:.1f} ms, ratio {row['ratio']:.3f} "
               f"(per round {row['ratio_per_round']:.3f})")
     return row
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--changes", default=DEFAULT_CHANGES)
     parser.add_argument("--cases", default=DEFAULT_CASES)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--train-size", type=int, default=128)
     parser.add_argument("--train-batch", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--json", default="runs/batchnorm.json")
+    parser.add_argument("--json", default="runs/library_vs_stock.json")
     args = parser.parse_args(argv)
     cases = [c for c in args.cases.split(",") if c]
+    changes = [c for c in args.changes.split(",") if c]
     for case in cases:
         parse_case(case)
+    for change in changes:
+        stock_path(change)
 
     import tensorflow as tf
 
@@ -144,15 +163,17 @@ def main(argv=None):
     results = dict(machine=dict(processor=platform.processor() or platform.machine(),
                                 cpus=speed.os.cpu_count(), tf=tf.__version__),
                    settings=vars(args), rows=[])
-    for case in cases:
-        results["rows"].append(run_case(args, case))
-        path = pathlib.Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(results, indent=1))
-    print("\ncase                              keras_gald ms   Keras BN ms   ratio  per round")
+    for change in changes:
+        for case in cases:
+            results["rows"].append(run_case(args, change, case))
+            path = pathlib.Path(args.json)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(results, indent=1))
+    print(f"\n{'change':<13}{'case':<34}{'keras_gald ms':>14}{'stock ms':>10}{'ratio':>8}"
+          f"{'per round':>11}")
     for row in results["rows"]:
-        print(f"{row['case']:34s} {row['keras_gald_ms']:13.1f} {row['keras_ms']:13.1f} "
-              f"{row['ratio']:7.3f} {row['ratio_per_round']:10.3f}")
+        print(f"{row['change']:<13}{row['case']:<34}{row['keras_gald_ms']:14.1f}"
+              f"{row['stock_ms']:10.1f}{row['ratio']:8.3f}{row['ratio_per_round']:11.3f}")
     print(f"wrote {args.json}")
 
 
