@@ -35,7 +35,6 @@ import argparse
 import contextlib
 import json
 import pathlib
-import platform
 import sys
 
 BENCH_DIR = pathlib.Path(__file__).resolve().parent
@@ -160,8 +159,8 @@ def main(argv=None):
 
     # One op at a time, as in speed.py (TF's default ran two 2-thread ops at once).
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    results = dict(machine=dict(processor=platform.processor() or platform.machine(),
-                                cpus=speed.os.cpu_count(), tf=tf.__version__),
+    results = dict(machine=speed.machine_info(
+        tf.config.threading.get_intra_op_parallelism_threads(), None),
                    settings=vars(args), rows=[])
     for change in changes:
         for case in cases:

@@ -802,14 +802,12 @@ def attach_torch_ratios(rows, name, size):
     for row in same:
         if row["mode"] not in MODES:
             continue
-        precision = "bf16" if row["mode"] == "bf16" else "fp32"
-        eager, compiled = (("torch_eager_bf16", None) if precision == "bf16"
-                           else ("torch_eager", "torch_compile"))
+        twins = TORCH_TWINS["bf16" if row["mode"] == "bf16" else "fp32"]
         for torch_mode, ms_key, ratio_key in (
-            (eager, "torch_eager_ms", "keras_over_torch"),
-            (compiled, "torch_compile_ms", "keras_over_torch_compile"),
+            (twins[0], "torch_eager_ms", "keras_over_torch"),
+            ("torch_compile", "torch_compile_ms", "keras_over_torch_compile"),
         ):
-            if torch_mode in torch_ms:
+            if torch_mode in twins and torch_mode in torch_ms:
                 row[ms_key] = torch_ms[torch_mode]
                 row[ratio_key] = row["ms"] / torch_ms[torch_mode]
                 if ms_key == "torch_eager_ms":
@@ -842,14 +840,14 @@ def measure_ld_turns(args, results):
     so the per-round ratios see the same machine state. `ld_overhead` divides
     medians of separately timed configurations, which a slow spell of a shared
     machine can move by more than the LD modules cost."""
+    import tensorflow as tf
+
     rows = results.setdefault("ld_turns", [])
     height, width = args.size, args.size
+    images = tf.random.uniform((1, height, width, 3), seed=0)
     backbones = sorted({name[: -len("_aspp")] for name in args.configs if name.endswith("_aspp")})
     for backbone in backbones:
         names = [f"{backbone}_aspp", f"{backbone}_aspp_ldv1", f"{backbone}_aspp_ldv2"]
-        import tensorflow as tf
-
-        images = tf.random.uniform((1, height, width, 3), seed=0)
         for mode in args.modes:
             if mode == "fp32_xla":
                 continue

@@ -60,7 +60,7 @@ TF_FILTER_GRAD_MAX_WEIGHTS = 128 * 128
 # --changes conv_slices`, benchmarks/results/conv_slices_cpu.json): authors'
 # v1 R50 forward at 512x512 2256 -> 2050 ms, its training step at 2x128x128
 # 1252 -> 1139 ms, R50 FCN forward 1619 -> 1516 ms. bfloat16 kernels stay
-# whole: sliced, they ran no faster in an ad hoc check.
+# whole (slicing was measured for float32 only).
 SLICE_MIN_CHANNELS = 1024
 CHANNEL_SLICE = 512
 _METHODS = ("auto", "conv", "taps")
@@ -184,12 +184,7 @@ def conv2d_sliced(x, kernel, padding, dilations):
             part = tf.nn.conv2d(x, kernel[..., start:stop], strides=1, padding=padding,
                                 dilations=dilations)
         parts.append(part)
-    if axis == 3:
-        return tf.concat(parts, axis=-1)
-    total = parts[0]
-    for part in parts[1:]:
-        total = total + part
-    return total
+    return tf.concat(parts, axis=-1) if axis == 3 else tf.add_n(parts)
 
 
 def dilated_conv2d(inputs, kernel, dilations, padding, method="auto"):
