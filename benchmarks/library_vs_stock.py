@@ -16,16 +16,26 @@ Changes:
                   channels run over 512-channel slices
                   (`keras_gald.layers.conv.conv2d_sliced`) against one whole
                   `tf.nn.conv2d`.
+    winograd      float32 3x3 "SAME" convolutions with >= 256 x 256 weights
+                  per tap by Winograd F(2x2, 3x3) (`keras_gald.layers.winograd`)
+                  against the path `dilated_conv2d` takes without it (one
+                  `tf.nn.conv2d`, channel slices, or one matmul per tap).
 
 Cases (`--cases`, comma-separated):
     forward:<config>:<mode>   batch 1 at `--size` (512), inference graph
     train:<config>:<mode>     one SGD step at 2 x `--train-size` (128)
+    conv:<N>x<H>x<W>x<C_in>x<C_out>:<rate>:<forward|train>[:<method>]
+                              one float32 3x3 "SAME" `dilated_conv2d` (train:
+                              forward + input and kernel gradients); `<method>`
+                              (default auto) forces the library side's
+                              `dilated_conv2d(method=...)`
 with `<config>` from `benchmarks/speed.py` (`r50_backbone`, `official_v1_r50`,
 `r50_aspp_ldv2`, ...) and `<mode>` `fp32` or `bf16` (`mixed_bfloat16`).
 
 Usage (from the repository root):
     python benchmarks/library_vs_stock.py --changes batchnorm --json benchmarks/results/batchnorm_cpu.json
     python benchmarks/library_vs_stock.py --changes conv_slices --cases forward:official_v1_r50:fp32
+    python benchmarks/library_vs_stock.py --changes winograd --cases conv:1x64x64x2304x512:1:forward
 
 Prints one row per change and case: library ms, stock ms, their ratio (of the
 medians) and the median of the per-round ratios; writes JSON.
@@ -45,7 +55,7 @@ import numpy as np  # noqa: E402
 
 import speed  # noqa: E402
 
-DEFAULT_CHANGES = "batchnorm,conv_slices"
+DEFAULT_CHANGES = "batchnorm,conv_slices,winograd"
 DEFAULT_CASES = (
     "forward:r50_backbone:fp32,forward:r50_backbone:bf16,"
     "forward:official_v1_r50:fp32,forward:official_v1_r50:bf16,"
@@ -74,11 +84,25 @@ def stock_path(change):
         return _swapped(norm.FusedBatchNormalization, "call", keras.layers.BatchNormalization.call)
     if change == "conv_slices":
         return _swapped(conv, "SLICE_MIN_CHANNELS", float("inf"))
+    if change == "winograd":
+        return _swapped(conv, "WINOGRAD_MIN_WEIGHTS", float("inf"))
     raise SystemExit(f"unknown change {change!r}; known: {DEFAULT_CHANGES}")
 
 
 def parse_case(text):
     parts = text.split(":")
+    if parts[0] == "conv":
+        try:
+            shape = tuple(int(v) for v in parts[1].split("x"))
+            rate = int(parts[2])
+            if len(shape) != 5 or parts[3] not in ("forward", "train") or len(parts) > 5:
+                raise ValueError
+            if len(parts) == 5 and parts[4] not in ("auto", "conv", "taps", "winograd"):
+                raise ValueError
+        except (IndexError, ValueError):
+            raise SystemExit(f"bad case {text!r}: expected "
+                             "conv:NxHxWxCinxCout:<rate>:forward|train[:auto|conv|taps|winograd]")
+        return parts
     if len(parts) != 3 or parts[0] not in ("forward", "train") or parts[2] not in ("fp32", "bf16"):
         raise SystemExit(f"bad case {text!r}: expected forward|train:<config>:fp32|bf16")
     if parts[1] not in speed.CONFIGS:
@@ -110,19 +134,55 @@ def build_call(kind, cfg, args):
     return lambda: model.train_on_batch(images, labels)
 
 
+def build_conv_call(shape, rate, kind, method="auto"):
+    """One float32 3x3 "SAME" `dilated_conv2d` (and its gradients for "train")
+    in a freshly traced graph."""
+    import tensorflow as tf
+
+    from keras_gald.layers.conv import dilated_conv2d
+
+    n, h, w, c_in, c_out = shape
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.standard_normal((n, h, w, c_in), dtype=np.float32))
+    kernel = tf.constant(rng.standard_normal((3, 3, c_in, c_out), dtype=np.float32) * 0.02)
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            tape.watch([x, kernel])
+            y = dilated_conv2d(x, kernel, (rate, rate), "SAME", method=method)
+            loss = tf.reduce_sum(tf.square(y))
+        return [y] if kind == "forward" else tape.gradient(loss, [x, kernel])
+
+    return lambda: [t.numpy() for t in step()]
+
+
 def run_case(args, change, case):
-    kind, config, mode = parse_case(case)
-    cfg = speed.CONFIGS[config]
+    kind, config, mode = parse_case(case)[:3]
+    kind_is_conv = kind == "conv"
+    if kind_is_conv:
+        fields = case.split(":")
+        shape, rate, kind = tuple(int(v) for v in config.split("x")), int(mode), fields[3]
+        forced = fields[4] if len(fields) == 5 else "auto"
+
+        def build(method=forced):
+            return build_conv_call(shape, rate, kind, method)
+        settle, mode = 0, "fp32"
+    else:
+        cfg = speed.CONFIGS[config]
+
+        def build():
+            return build_call(kind, cfg, args)
+        settle = 1 if kind == "train" else 0
     speed.set_policy(mode)
     try:
-        ours = build_call(kind, cfg, args)
+        ours = build()
         ours()  # traced as the library runs
         with stock_path(change):
-            stock = build_call(kind, cfg, args)
+            stock = build(method="auto") if kind_is_conv else build()
             stock()  # traced (and cached) without the change
         stats, times = speed.time_interleaved({"keras_gald": ours, "stock": stock},
-                                              args.warmup, args.repeats,
-                                              settle=1 if kind == "train" else 0)
+                                              args.warmup, args.repeats, settle=settle)
     finally:
         speed.set_policy("fp32")
         speed.fresh_session()
@@ -168,10 +228,10 @@ def main(argv=None):
             path = pathlib.Path(args.json)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(results, indent=1))
-    print(f"\n{'change':<13}{'case':<34}{'keras_gald ms':>14}{'stock ms':>10}{'ratio':>8}"
+    print(f"\n{'change':<13}{'case':<38}{'keras_gald ms':>14}{'stock ms':>10}{'ratio':>8}"
           f"{'per round':>11}")
     for row in results["rows"]:
-        print(f"{row['change']:<13}{row['case']:<34}{row['keras_gald_ms']:14.1f}"
+        print(f"{row['change']:<13}{row['case']:<38}{row['keras_gald_ms']:14.1f}"
               f"{row['stock_ms']:10.1f}{row['ratio']:8.3f}{row['ratio_per_round']:11.3f}")
     print(f"wrote {args.json}")
 

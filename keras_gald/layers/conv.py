@@ -38,7 +38,9 @@ runs faster than one whole convolution.
 import keras
 import tensorflow as tf
 
+from keras_gald.layers.portable import tracing_portable
 from keras_gald.layers.sequencing import after
+from keras_gald.layers.winograd import extended_size, winograd_conv3x3
 
 
 # At or below this share of the dense work (taps x output pixels) the per-tap
@@ -63,7 +65,51 @@ TF_FILTER_GRAD_MAX_WEIGHTS = 128 * 128
 # whole (slicing was measured for float32 only).
 SLICE_MIN_CHANNELS = 1024
 CHANNEL_SLICE = 512
-_METHODS = ("auto", "conv", "taps")
+# On CPU, float32 stride-1 "SAME" 3x3 convolutions with at least this many
+# (C_in x C_out) weights per tap run by Winograd F(2x2, 3x3)
+# (`keras_gald.layers.winograd`), unless skipping padding taps does less work
+# (`WINOGRAD_COST`). From 256 x 256 up it beat the direct conv in
+# every shape of the GALD networks measured (1x64x64 and 2x16x16 maps, rates
+# 1-12, forward and forward+backward); at 128 x 128 it tied, at 64 x 64 lost
+# (`python benchmarks/library_vs_stock.py --changes winograd --cases conv:...`,
+# benchmarks/results/winograd_cpu.json).
+WINOGRAD_MIN_WEIGHTS = 256 * 256
+# Winograd's time per multiply-add against the direct and taps paths' (its
+# transforms are memory passes): `dilated_conv2d` picks it where
+# `WINOGRAD_COST * winograd_fraction` is below the other path's share of the
+# dense work. Measured forward / forward+backward, Winograd against taps: rate
+# 16 on 64x64 (0.44 vs 0.69 of the dense work) 0.68 / 0.70; rate 12 on 64x64
+# (0.56 vs 0.77) 0.95 / 0.82; rate 24 on 64x64 (1.0 vs 0.56) 1.98 / 1.82.
+WINOGRAD_COST = 1.3
+_METHODS = ("auto", "conv", "taps", "winograd")
+
+
+def winograd_fraction(height, width, dilation):
+    """Winograd F(2x2, 3x3)'s multiply-adds as a share of a dense 3x3 conv's:
+    4/9, times the zero extension of the map to whole tiles on every phase grid."""
+    extended = extended_size(height, dilation) * extended_size(width, dilation)
+    return 4 / 9 * extended / (height * width)
+
+
+def winograd_eligible(inputs, kernel, dilations, padding):
+    """True where `dilated_conv2d(method="auto")` may run Winograd F(2x2, 3x3):
+    float32 on CPU (cuDNN picks its own algorithms), a 3x3 kernel with equal
+    rates, "SAME", static `H, W`, at least `WINOGRAD_MIN_WEIGHTS` weights per
+    tap, and a graph traced outside `portable_ops()` (eager calls and exports
+    keep `tf.nn.conv2d`)."""
+    if (
+        padding != "SAME"
+        or tuple(kernel.shape[:2]) != (3, 3)
+        or dilations[0] != dilations[1]
+        or inputs.dtype != tf.float32
+        or inputs.shape[1] is None
+        or inputs.shape[2] is None
+        or int(kernel.shape[2]) * int(kernel.shape[3]) < WINOGRAD_MIN_WEIGHTS
+        or tracing_portable()
+        or tf.executing_eagerly()
+    ):
+        return False
+    return not tf.config.list_logical_devices("GPU")
 
 
 def same_padding_taps(height, width, kernel_size, dilations):
@@ -197,8 +243,12 @@ def dilated_conv2d(inputs, kernel, dilations, padding, method="auto"):
         padding: `"SAME"` or `"VALID"`.
         method: `"conv"` (`tf.nn.conv2d(dilations=...)`), `"taps"` (one matmul
             per tap over the region it reads; `"SAME"` with static `H, W`
-            only) or `"auto"` (default): `"taps"` when the taps touch at most
-            `TAPS_MAX_FRACTION` of the dense work, else `"conv"`.
+            only), `"winograd"` (F(2x2, 3x3), `keras_gald.layers.winograd`;
+            3x3 `"SAME"` with equal rates and static `H, W` only) or `"auto"`
+            (default): `"taps"` when the taps touch at most
+            `TAPS_MAX_FRACTION` of the dense work, else `"conv"`; either
+            replaced by `"winograd"` where `winograd_eligible` and
+            `WINOGRAD_COST * winograd_fraction` is below that path's share.
 
     Returns:
         `(N, H', W', O)`, equal to `tf.nn.convolution` with the same arguments.
@@ -216,11 +266,21 @@ def dilated_conv2d(inputs, kernel, dilations, padding, method="auto"):
             'method="taps" needs padding="SAME" and a static H, W; got padding='
             f"{padding!r} and input shape {tuple(inputs.shape)}"
         )
-    if method == "taps" or (
-        method == "auto"
-        and taps_ok
-        and taps_fraction(height, width, (kh, kw), (rh, rw)) <= TAPS_MAX_FRACTION
-    ):
+    fraction = taps_fraction(height, width, (kh, kw), (rh, rw)) if taps_ok else 1.0
+    if method == "winograd":
+        if not (taps_ok and (kh, kw) == (3, 3) and rh == rw):
+            raise ValueError(
+                'method="winograd" needs a 3x3 kernel, equal rates, padding="SAME" and a '
+                f"static H, W; got kernel {tuple(kernel.shape)}, rates {(rh, rw)}, padding="
+                f"{padding!r} and input shape {tuple(inputs.shape)}"
+            )
+    elif method == "auto" and winograd_eligible(inputs, kernel, (rh, rw), padding):
+        direct_share = fraction if fraction <= TAPS_MAX_FRACTION else 1.0
+        if WINOGRAD_COST * winograd_fraction(height, width, rh) < direct_share:
+            method = "winograd"
+    if method == "winograd":
+        return winograd_conv3x3(inputs, kernel, rh)
+    if method == "taps" or (method == "auto" and fraction <= TAPS_MAX_FRACTION):
         taps = same_padding_taps(height, width, (kh, kw), (rh, rw))
 
         @tf.custom_gradient

@@ -24,15 +24,14 @@ Two implementations compute the same numbers:
   `_agg`, `_agg_t`.
 """
 
-import contextlib
 import functools
 import math
-import threading
 
 import keras
 import tensorflow as tf
 
 from keras_gald.layers.norm import batch_norm
+from keras_gald.layers.portable import may_use_xla, portable_ops  # noqa: F401 (re-exported)
 from keras_gald.layers.sequencing import after
 
 _PADDINGS = ("zeros", "mask")
@@ -127,27 +126,6 @@ def _agg_t(w, a, offsets, pad):
 
 
 _PRIMITIVES = {"corr": _corr, "agg": _agg, "agg_t": _agg_t}
-# Per thread: an export tracing in one thread leaves a training graph traced
-# meanwhile in another on the fast (XLA) primitives.
-_portable = threading.local()
-
-
-@contextlib.contextmanager
-def portable_ops():
-    """Within this context LDv2 traces its shifted-slice primitives as plain TF
-    ops instead of XLA-compiled functions (see `LDv2(jit_slices=...)`).
-
-    The exporters (`keras_gald.export`) trace under it: tf2onnx and the TFLite
-    converter need every op inlined in the graph, and a served SavedModel
-    should not depend on XLA. It applies to the calling thread only.
-    """
-    _portable.depth = getattr(_portable, "depth", 0) + 1
-    try:
-        yield
-    finally:
-        _portable.depth -= 1
-
-
 @functools.lru_cache(maxsize=None)
 def _compiled_primitive(name, offsets, pad):
     fn = _PRIMITIVES[name]
@@ -169,7 +147,7 @@ def _primitives(offsets, pad, jit):
     cluster the call is simply inlined.
     """
     offsets = tuple(tuple(o) for o in offsets)
-    if jit and not getattr(_portable, "depth", 0) and not tf.executing_eagerly():
+    if jit and may_use_xla():
         return tuple(_compiled_primitive(name, offsets, pad) for name in _PRIMITIVES)
     return tuple(functools.partial(_bind, fn, offsets, pad) for fn in _PRIMITIVES.values())
 

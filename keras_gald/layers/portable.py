@@ -1,0 +1,42 @@
+"""A thread-local switch from the XLA-compiled fast paths to plain TF ops.
+
+LDv2's shifted-slice primitives and the Winograd convolution's transforms run
+as small XLA-compiled functions inside otherwise plain TF graphs. The
+exporters (`keras_gald.export`) trace under `portable_ops()`: tf2onnx and the
+TFLite converter need every op inlined in the graph, and a served SavedModel
+should not depend on XLA.
+"""
+
+import contextlib
+import threading
+
+import tensorflow as tf
+
+# Per thread: an export tracing in one thread leaves a training graph traced
+# meanwhile in another on the fast (XLA) primitives.
+_portable = threading.local()
+
+
+@contextlib.contextmanager
+def portable_ops():
+    """Within this context layers trace plain TF ops only: LDv2 its
+    shifted-slice primitives without XLA (see `LDv2(jit_slices=...)`), 3x3
+    convolutions `tf.nn.conv2d` instead of Winograd transforms compiled by XLA
+    (`keras_gald.layers.winograd`). It applies to the calling thread only.
+    """
+    _portable.depth = getattr(_portable, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _portable.depth -= 1
+
+
+def tracing_portable():
+    """True inside `portable_ops()` in this thread."""
+    return bool(getattr(_portable, "depth", 0))
+
+
+def may_use_xla():
+    """True while tracing a graph outside `portable_ops()` (eager calls stay plain:
+    no per-shape compile for small interactive calls)."""
+    return not tracing_portable() and not tf.executing_eagerly()
