@@ -42,8 +42,9 @@ separately as `first_ms`):
 5b. `dilated_conv`: one 3x3 conv of ASPP's shape (2048 -> 256, SAME) at rates
    1/2/12/24/36, on the 1/8 map of the forward image (batch 1) and of the
    training crop: `dilated_conv2d(method="conv")` (hand-written gradient) vs
-   `method="taps"` (one matmul per tap over the region it reads), TF's own
-   gradient at rate 1, which `method="auto"` picks, forward and
+   `method="taps"` (one matmul per tap over the region it reads) vs
+   `method="winograd"` (F(2x2, 3x3)), TF's own gradient at rate 1, which
+   `method="auto"` picks in a graph, forward and
    forward+backward, and PyTorch's conv.
 6. `memory`: peak memory of one forward and one forward+backward of the ASPP
    module vs the LDv2 block on the 1/8 feature map of a 1024x2048 image
@@ -88,6 +89,11 @@ MatMul, BatchMatMul and Einsum, 2 FLOPs per multiply-add (`gflop`). Element-wise
 ops (BN, ReLU, resize, softmax, LDv2's weighted sum) are not in that count; the
 TF profiler's total float-op count of the same graph, which adds the
 element-wise ops it knows, is stored as `tf_profiler_gflop` in the JSON.
+That graph is traced under `keras_gald.layers.portable_ops()`, i.e. with
+direct convolutions (the taps path's skipped padding stays skipped); the
+float32 graph as it runs does Winograd F(2x2, 3x3) for wide 3x3 convolutions,
+4/9 of their multiply-adds, and its count is `gflop_executed`. `gflop_s` and
+`pct_conv_peak` divide `gflop`, so they are effective rates.
 PyTorch's own count (`torch.utils.flop_counter.FlopCounterMode`: convs and
 matmuls, on the "meta" device) is stored as `torch_gflop` to check the two
 networks do the same work; they agree except for LDv2, whose Keras logits are
@@ -684,8 +690,17 @@ def measure_forward(args, torch, torch_ref, results):
 
         flops = None
         try:
-            # Counted on the fp32 graph traced without XLA (XLA compiles that same graph).
-            flops = count_flops(_inference_fn(model_for("fp32")).get_concrete_function(images))
+            # Counted on the fp32 graph traced without XLA (XLA compiles that same
+            # graph) and on direct convolutions: under portable_ops() Winograd's
+            # 16 batched matmuls (4/9 of the multiply-adds) stay out, so GFLOP/s
+            # and % of peak are rates of the same work for every path.
+            from keras_gald.layers import portable_ops
+
+            with portable_ops():
+                flops = count_flops(
+                    _inference_fn(model_for("fp32")).get_concrete_function(images))
+            flops["gflop_executed"] = count_flops(
+                _inference_fn(model_for("fp32")).get_concrete_function(images))["gflop"]
             if name not in results.get("params", {}):
                 torch_model = torch_job["model"] if torch_job is not None else None
                 _record_params(results, name, model_for("fp32"), torch_model, torch_ref)
@@ -716,6 +731,8 @@ def _add_flops(row, flops, results):
     row["gflop"] = flops["gflop"]
     row["gflop_by_op"] = flops["by_op"]
     row["tf_profiler_gflop"] = flops["tf_profiler_gflop"]
+    if "gflop_executed" in flops:
+        row["gflop_executed"] = flops["gflop_executed"]
     if flops["uncounted"]:
         row["flops_uncounted_ops"] = flops["uncounted"][:20]
     if "ms" in row:
@@ -1062,12 +1079,13 @@ def measure_dilated_conv(args, torch, results):
     `--train-batch`), forward and forward + backward (input and kernel
     gradients): `dilated_conv2d(method="conv")` (tf.nn.conv2d forward,
     hand-written gradient), `method="taps"` (one matmul per tap over the region
-    it reads) and, at rate 1, `tf` (tf.nn.conv2d with TF's own gradient; TF's
-    CPU backprop kernels reject rates > 1); which one `method="auto"` picks;
-    PyTorch's conv alongside."""
+    it reads), `method="winograd"` (F(2x2, 3x3)) and, at rate 1, `tf`
+    (tf.nn.conv2d with TF's own gradient; TF's CPU backprop kernels reject
+    rates > 1); which one `method="auto"` picks in a graph; PyTorch's conv
+    alongside."""
     import tensorflow as tf
 
-    from keras_gald.layers.conv import TAPS_MAX_FRACTION, dilated_conv2d, taps_fraction
+    from keras_gald.layers.conv import auto_method, dilated_conv2d, taps_fraction
 
     c_in, c_out = (int(v) for v in args.dilated_channels.split(","))
     rows = []
@@ -1081,6 +1099,8 @@ def measure_dilated_conv(args, torch, results):
             convs = {
                 "conv": lambda x, k, r=rate: dilated_conv2d(x, k, (r, r), "SAME", method="conv"),
                 "taps": lambda x, k, r=rate: dilated_conv2d(x, k, (r, r), "SAME", method="taps"),
+                "winograd": lambda x, k, r=rate: dilated_conv2d(x, k, (r, r), "SAME",
+                                                                method="winograd"),
             }
             if rate == 1:
                 convs["tf"] = lambda x, k: tf.nn.conv2d(x, k, 1, "SAME")
@@ -1118,10 +1138,11 @@ def measure_dilated_conv(args, torch, results):
                     times["torch_eager"] = time_calls(torch_call, args.warmup,
                                                       args.repeats)["ms"]
                     log(f"    torch {times['torch_eager']:.1f} ms")
-                auto = "taps" if fraction <= TAPS_MAX_FRACTION else "conv"
+                auto = auto_method(side, side, k.shape, (rate, rate), "SAME", tf.float32)
                 rows.append(dict(pass_=pass_name, rate=rate, input=label, taps_fraction=fraction,
                                  ms=times, auto=auto,
                                  conv_over_taps=times["conv"] / times["taps"],
+                                 winograd_over_conv=times["winograd"] / times["conv"],
                                  auto_over_torch=(times[auto] / times["torch_eager"]
                                                   if "torch_eager" in times else None)))
     results["dilated_conv"] = rows
@@ -1497,11 +1518,13 @@ def print_tables(results):
     dilated = results.get("dilated_conv", [])
     if dilated:
         log("\n== 3x3 conv (SAME), median ms: conv = tf.nn.conv2d + hand-written gradient, "
-            "taps = one matmul per tap, tf = TF's own gradient (rate 1); auto picks ==")
+            "taps = one matmul per tap, winograd = F(2x2,3x3), tf = TF's own gradient "
+            "(rate 1); auto picks ==")
         for r in dilated:
             times = "  ".join(f"{m} {ms:8.1f}" for m, ms in r["ms"].items())
             log(f"{r['input']:<34}{r['pass_']:<9}taps share {r['taps_fraction']:.2f}  {times}"
-                f"  conv/taps {r['conv_over_taps']:.2f}  auto={r['auto']} "
+                f"  conv/taps {r['conv_over_taps']:.2f}  "
+                f"winograd/conv {_fmt(r.get('winograd_over_conv'), '.2f')}  auto={r['auto']} "
                 f"auto/torch {_fmt(r['auto_over_torch'], '.2f')}")
 
     layer_totals = results.get("train_layers_totals", [])
@@ -1690,7 +1713,9 @@ def main(argv=None):
                       "(includes tracing / XLA compilation); outputs pulled to host each call",
             "flops": "dense ops (Conv2D, DepthwiseConv2dNative, MatMul, BatchMatMul, Einsum; 2 "
                      "FLOPs per multiply-add) of the traced fp32 inference graph with static "
-                     "shapes; tf_profiler_gflop: TF profiler float ops of the same graph "
+                     "shapes, direct convolutions (traced under portable_ops()); "
+                     "gflop_executed: the same for the graph as run (Winograd F(2x2,3x3) "
+                     "convolutions do 4/9 of the multiply-adds); tf_profiler_gflop: TF profiler float ops of the same graph "
                      "(adds element-wise ops); torch_gflop: torch FlopCounterMode",
             "pct_conv_peak": "achieved GFLOP/s / TF conv3x3 256->256 GFLOP/s of the same dtype "
                              "(fp32 for fp32, fp32_xla and torch rows) measured in this run",

@@ -33,6 +33,12 @@ On CPU, wide float32 kernels (>= `SLICE_MIN_CHANNELS` input or output
 channels, e.g. the heads' 3x3 2048 -> 512 convs) run as convolutions over
 512-channel slices (`conv2d_sliced`), forward and input gradient, which oneDNN
 runs faster than one whole convolution.
+
+On CPU, float32 3x3 "SAME" convolutions with at least `WINOGRAD_MIN_WEIGHTS`
+weights per tap (256 x 256: the backbone's stage-3/4 convs, ASPP's rate-12
+branch on a 64x64 map, the heads' 3x3 convs) run by Winograd F(2x2, 3x3)
+(`keras_gald.layers.winograd`): 4/9 of the multiply-adds, as 16 batched
+matmuls between tile transforms, in graphs traced outside `portable_ops()`.
 """
 
 import keras
@@ -91,25 +97,42 @@ def winograd_fraction(height, width, dilation):
     return 4 / 9 * extended / (height * width)
 
 
-def winograd_eligible(inputs, kernel, dilations, padding):
-    """True where `dilated_conv2d(method="auto")` may run Winograd F(2x2, 3x3):
-    float32 on CPU (cuDNN picks its own algorithms), a 3x3 kernel with equal
-    rates, "SAME", static `H, W`, at least `WINOGRAD_MIN_WEIGHTS` weights per
-    tap, and a graph traced outside `portable_ops()` (eager calls and exports
-    keep `tf.nn.conv2d`)."""
+def auto_method(height, width, kernel_shape, dilations, padding, dtype, winograd_allowed=True):
+    """The method `dilated_conv2d(method="auto")` picks for a static input size.
+
+    Args:
+        height, width: the input's `H, W` (`None` if not static).
+        kernel_shape: `(kh, kw, C_in, C_out)`.
+        dilations: `(rh, rw)`.
+        padding: `"SAME"` or `"VALID"`.
+        dtype: the input's dtype.
+        winograd_allowed: whether the caller may run Winograd at all
+            (`dilated_conv2d`: a graph traced outside `portable_ops()` on a
+            machine without GPUs; cuDNN picks its own algorithms).
+
+    Returns:
+        `"taps"` when `H, W` are static, the padding `"SAME"` and the taps touch
+        at most `TAPS_MAX_FRACTION` of the dense work, else `"conv"`; either
+        replaced by `"winograd"` for float32 3x3 kernels with equal rates and at
+        least `WINOGRAD_MIN_WEIGHTS` weights per tap where `WINOGRAD_COST *
+        winograd_fraction` is below that path's share of the dense work.
+    """
+    kh, kw, c_in, c_out = (int(v) for v in kernel_shape)
+    rh, rw = int(dilations[0]), int(dilations[1])
+    if padding != "SAME" or height is None or width is None:
+        return "conv"
+    fraction = taps_fraction(height, width, (kh, kw), (rh, rw))
+    method, share = ("taps", fraction) if fraction <= TAPS_MAX_FRACTION else ("conv", 1.0)
     if (
-        padding != "SAME"
-        or tuple(kernel.shape[:2]) != (3, 3)
-        or dilations[0] != dilations[1]
-        or inputs.dtype != tf.float32
-        or inputs.shape[1] is None
-        or inputs.shape[2] is None
-        or int(kernel.shape[2]) * int(kernel.shape[3]) < WINOGRAD_MIN_WEIGHTS
-        or tracing_portable()
-        or tf.executing_eagerly()
+        winograd_allowed
+        and (kh, kw) == (3, 3)
+        and rh == rw
+        and tf.as_dtype(dtype) == tf.float32
+        and c_in * c_out >= WINOGRAD_MIN_WEIGHTS
+        and WINOGRAD_COST * winograd_fraction(height, width, rh) < share
     ):
-        return False
-    return not tf.config.list_logical_devices("GPU")
+        return "winograd"
+    return method
 
 
 def same_padding_taps(height, width, kernel_size, dilations):
@@ -245,10 +268,9 @@ def dilated_conv2d(inputs, kernel, dilations, padding, method="auto"):
             per tap over the region it reads; `"SAME"` with static `H, W`
             only), `"winograd"` (F(2x2, 3x3), `keras_gald.layers.winograd`;
             3x3 `"SAME"` with equal rates and static `H, W` only) or `"auto"`
-            (default): `"taps"` when the taps touch at most
-            `TAPS_MAX_FRACTION` of the dense work, else `"conv"`; either
-            replaced by `"winograd"` where `winograd_eligible` and
-            `WINOGRAD_COST * winograd_fraction` is below that path's share.
+            (default): `auto_method`'s choice, Winograd only in graphs traced
+            outside `portable_ops()` on machines without GPUs (eager calls and
+            exports keep `tf.nn.conv2d`).
 
     Returns:
         `(N, H', W', O)`, equal to `tf.nn.convolution` with the same arguments.
@@ -266,21 +288,23 @@ def dilated_conv2d(inputs, kernel, dilations, padding, method="auto"):
             'method="taps" needs padding="SAME" and a static H, W; got padding='
             f"{padding!r} and input shape {tuple(inputs.shape)}"
         )
-    fraction = taps_fraction(height, width, (kh, kw), (rh, rw)) if taps_ok else 1.0
-    if method == "winograd":
-        if not (taps_ok and (kh, kw) == (3, 3) and rh == rw):
-            raise ValueError(
-                'method="winograd" needs a 3x3 kernel, equal rates, padding="SAME" and a '
-                f"static H, W; got kernel {tuple(kernel.shape)}, rates {(rh, rw)}, padding="
-                f"{padding!r} and input shape {tuple(inputs.shape)}"
-            )
-    elif method == "auto" and winograd_eligible(inputs, kernel, (rh, rw), padding):
-        direct_share = fraction if fraction <= TAPS_MAX_FRACTION else 1.0
-        if WINOGRAD_COST * winograd_fraction(height, width, rh) < direct_share:
-            method = "winograd"
+    if method == "winograd" and not (taps_ok and (kh, kw) == (3, 3) and rh == rw):
+        raise ValueError(
+            'method="winograd" needs a 3x3 kernel, equal rates, padding="SAME" and a '
+            f"static H, W; got kernel {tuple(kernel.shape)}, rates {(rh, rw)}, padding="
+            f"{padding!r} and input shape {tuple(inputs.shape)}"
+        )
+    if method == "auto":
+        winograd_allowed = (
+            not tracing_portable()
+            and not tf.executing_eagerly()
+            and not tf.config.list_logical_devices("GPU")
+        )
+        method = auto_method(height, width, kernel.shape, (rh, rw), padding, inputs.dtype,
+                             winograd_allowed)
     if method == "winograd":
         return winograd_conv3x3(inputs, kernel, rh)
-    if method == "taps" or (method == "auto" and fraction <= TAPS_MAX_FRACTION):
+    if method == "taps":
         taps = same_padding_taps(height, width, (kh, kw), (rh, rw))
 
         @tf.custom_gradient
@@ -370,7 +394,8 @@ class DilatedConv2D(keras.layers.Conv2D):
     convolutions fall back to Keras' own path. With `padding="same"` and a
     static input size where at most `TAPS_MAX_FRACTION` of the taps' work
     reads the image (large rates on small maps), it runs one matmul per tap
-    over the region that tap reads (`dilated_conv2d(method="auto")`).
+    over the region that tap reads; wide float32 3x3 kernels traced in a graph
+    on CPU run by Winograd F(2x2, 3x3) (`dilated_conv2d(method="auto")`).
 
     Input shape: `(N, H, W, C_in)`. Output shape: `(N, H', W', filters)`.
 

@@ -1,0 +1,141 @@
+"""Winograd F(2x2, 3x3): values and gradients against tf.nn.conv2d, the choice
+`dilated_conv2d(method="auto")` makes, and the plain-TF paths it leaves alone."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_gald.layers import conv as conv_module
+from keras_gald.layers import portable_ops
+from keras_gald.layers.conv import DilatedConv2D, dilated_conv2d, winograd_fraction
+from keras_gald.layers.winograd import extended_size, winograd_conv3x3
+from tests.conftest import assert_close_relative
+from tests.layers._helpers import random_input
+
+
+def _xla_calls(concrete):
+    return [op for op in concrete.graph.get_operations()
+            if op.type in ("PartitionedCall", "StatefulPartitionedCall")
+            and op.node_def.attr["_XlaMustCompile"].b]
+
+
+def _values_and_grads(fn, x, k):
+    with tf.GradientTape() as tape:
+        tape.watch([x, k])
+        y = fn(x, k)
+        loss = tf.reduce_sum(y * tf.sin(y))
+    return [y, *tape.gradient(loss, [x, k])]
+
+
+# (N, H, W, C_in, C_out, rate): even and odd sizes, maps not a multiple of 2r
+# (zero-extended), rates past the map (only the centre tap reads the image).
+_CASES = [
+    (1, 8, 8, 3, 5, 1),
+    (2, 7, 11, 4, 6, 1),
+    (1, 13, 10, 3, 4, 2),
+    (2, 9, 9, 2, 3, 4),
+    (1, 6, 17, 3, 2, 3),
+    (1, 5, 5, 2, 2, 12),
+]
+
+
+@pytest.mark.parametrize("case", _CASES)
+@pytest.mark.parametrize("mode", ["eager", "graph", "xla"])
+def test_matches_tf_conv2d_values_and_gradients(case, mode):
+    n, h, w, c_in, c_out, rate = case
+    x = tf.constant(random_input((n, h, w, c_in), seed=1))
+    k = tf.constant(random_input((3, 3, c_in, c_out), seed=2))
+
+    def reference(x, k):
+        return tf.nn.conv2d(x, k, 1, "SAME", dilations=rate)
+
+    def winograd(x, k):
+        return winograd_conv3x3(x, k, rate)
+
+    if mode != "eager":
+        winograd = tf.function(winograd, jit_compile=mode == "xla")
+        if mode == "graph":  # the transforms are XLA-compiled calls inside the graph
+            assert _xla_calls(winograd.get_concrete_function(x, k))
+    expected = _values_and_grads(reference, x, k)
+    got = _values_and_grads(winograd, x, k)
+    for a, b in zip(got, expected):
+        assert a.shape == b.shape
+        assert_close_relative(a.numpy(), b.numpy(), rtol=1e-5)
+
+
+def test_tile_geometry():
+    assert [extended_size(s, r) for s, r in [(64, 1), (65, 1), (64, 12), (64, 24), (64, 36)]] == [
+        64, 66, 72, 96, 72]
+    assert winograd_fraction(64, 64, 1) == pytest.approx(4 / 9)
+    assert winograd_fraction(64, 64, 24) == pytest.approx(4 / 9 * (96 / 64) ** 2)
+
+
+def test_winograd_errors():
+    x = tf.zeros((1, 9, 9, 2))
+    with pytest.raises(ValueError, match="needs a 3x3 kernel"):
+        dilated_conv2d(x, tf.zeros((5, 5, 2, 2)), (1, 1), "SAME", method="winograd")
+    with pytest.raises(ValueError, match="equal rates"):
+        dilated_conv2d(x, tf.zeros((3, 3, 2, 2)), (1, 2), "SAME", method="winograd")
+    with pytest.raises(ValueError, match='padding="SAME"'):
+        dilated_conv2d(x, tf.zeros((3, 3, 2, 2)), (2, 2), "VALID", method="winograd")
+    dynamic = tf.TensorSpec((1, None, None, 2), tf.float32)
+    with pytest.raises(ValueError, match="static H, W"):
+        tf.function(lambda t: dilated_conv2d(t, tf.zeros((3, 3, 2, 2)), (2, 2), "SAME",
+                                             method="winograd")).get_concrete_function(dynamic)
+
+
+def _ops(fn, spec):
+    concrete = tf.function(fn).get_concrete_function(spec)
+    return {op.type for op in concrete.graph.get_operations()}, bool(_xla_calls(concrete))
+
+
+def test_auto_choice(monkeypatch):
+    k = tf.zeros((3, 3, 16, 16))  # 256 weights per tap
+    spec = tf.TensorSpec((1, 32, 32, 16), tf.float32)
+
+    def conv(rate, kernel=k):
+        return lambda x: dilated_conv2d(x, kernel, (rate, rate), "SAME")
+
+    # Below WINOGRAD_MIN_WEIGHTS: the direct conv.
+    ops, xla = _ops(conv(1), spec)
+    assert "Conv2D" in ops and not xla
+    monkeypatch.setattr(conv_module, "WINOGRAD_MIN_WEIGHTS", 16 * 16)
+    for rate in (1, 2, 8):  # 4/9 of the work on a 32x32 map (1.3 * 0.44 < 1)
+        ops, xla = _ops(conv(rate), spec)
+        assert "Conv2D" not in ops and "BatchMatMulV2" in ops and xla, rate
+    # Rate 12 on 32x32: the taps read 0.56 of the dense work, Winograd would
+    # do 4/9 of a 48x48 extension (1.0): the taps stay.
+    ops, xla = _ops(conv(12), spec)
+    assert not xla and "Conv2D" not in ops
+    # Not for bfloat16, 5x5 kernels, a dynamic size, eager calls or exports.
+    ops, xla = _ops(conv(1, tf.cast(k, tf.bfloat16)), tf.TensorSpec((1, 32, 32, 16), tf.bfloat16))
+    assert not xla
+    ops, xla = _ops(conv(1, tf.zeros((5, 5, 16, 16))), spec)
+    assert not xla
+    ops, xla = _ops(conv(1), tf.TensorSpec((1, None, None, 16), tf.float32))
+    assert "Conv2D" in ops and not xla
+    with portable_ops():
+        ops, xla = _ops(conv(1), spec)
+    assert "Conv2D" in ops and not xla
+    x = tf.constant(random_input((1, 32, 32, 16)))
+    kernel = tf.constant(random_input((3, 3, 16, 16), seed=3))
+    eager = dilated_conv2d(x, kernel, (1, 1), "SAME")
+    np.testing.assert_array_equal(eager.numpy(), tf.nn.conv2d(x, kernel, 1, "SAME").numpy())
+
+
+def test_layer_on_winograd_matches_keras_conv2d(monkeypatch):
+    monkeypatch.setattr(conv_module, "WINOGRAD_MIN_WEIGHTS", 1)
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((20, 14, 6))
+    ours = DilatedConv2D(8, 3, padding="same", dilation_rate=2, use_bias=True)
+    stock = keras.layers.Conv2D(8, 3, padding="same", dilation_rate=2, use_bias=True)
+    model_ours, model_stock = keras.Model(inputs, ours(inputs)), keras.Model(inputs, stock(inputs))
+    stock.set_weights([w + 0.1 for w in ours.get_weights()])
+    ours.set_weights(stock.get_weights())
+    x = random_input((3, 20, 14, 6), seed=4)
+    step = tf.function(lambda t: model_ours(t))
+    assert _xla_calls(step.get_concrete_function(tf.TensorSpec((3, 20, 14, 6))))
+    assert_close_relative(step(x).numpy(), model_stock(x).numpy(), rtol=1e-5)
+    assert_close_relative(model_ours.predict(x, verbose=0), model_stock.predict(x, verbose=0),
+                          rtol=1e-5)
