@@ -74,19 +74,26 @@ CHANNEL_SLICE = 512
 # On CPU, float32 stride-1 "SAME" 3x3 convolutions with at least this many
 # (C_in x C_out) weights per tap run by Winograd F(2x2, 3x3)
 # (`keras_gald.layers.winograd`), unless skipping padding taps does less work
-# (`WINOGRAD_COST`). From 256 x 256 up it beat the direct conv in
-# every shape of the GALD networks measured (1x64x64 and 2x16x16 maps, rates
-# 1-12, forward and forward+backward); at 128 x 128 it tied, at 64 x 64 lost
-# (`python benchmarks/library_vs_stock.py --changes winograd --cases conv:...`,
-# benchmarks/results/winograd_cpu.json).
+# (`WINOGRAD_COST`). Against the path taken without it, forward / forward +
+# backward, 2-core AVX-512 CPU (`python benchmarks/library_vs_stock.py
+# --changes winograd`, benchmarks/results/winograd_cpu.json): 2304 -> 512 on
+# 1x64x64 0.55 / 0.57; 512 -> 512 at rate 4 0.63 / 0.56; 256 -> 256 at rate 2
+# 0.74 / 0.71 (2x16x16: 0.82 / 0.66); below the threshold, forced: 128 -> 128
+# 0.91 / 1.02, 64 -> 64 on 1x128x128 1.29 / 1.22.
 WINOGRAD_MIN_WEIGHTS = 256 * 256
 # Winograd's time per multiply-add against the direct and taps paths' (its
-# transforms are memory passes): `dilated_conv2d` picks it where
+# transforms are memory passes): `auto_method` picks it where
 # `WINOGRAD_COST * winograd_fraction` is below the other path's share of the
-# dense work. Measured forward / forward+backward, Winograd against taps: rate
-# 16 on 64x64 (0.44 vs 0.69 of the dense work) 0.68 / 0.70; rate 12 on 64x64
-# (0.56 vs 0.77) 0.95 / 0.82; rate 24 on 64x64 (1.0 vs 0.56) 1.98 / 1.82.
+# dense work. Against the taps, same file: rate 16 on 64x64 (0.44 vs 0.69 of
+# the dense work) 0.73 / 0.74; rate 12 (0.56 vs 0.77) 0.87 / 0.83; forced at
+# rate 24 (1.0 vs 0.56) 2.22 / 1.91.
 WINOGRAD_COST = 1.3
+# Winograd holds its transformed input (16 values per 2x2 outputs: 4x the
+# input, and kept for the backward pass in training); above this many bytes
+# the layer takes the direct path. At 512x512 the widest (the head's 3x3
+# 2304 -> 512 on the 64x64 map) needs 144 MiB; on the 1/8 map of a 1024x2048
+# image the heads' and ASPP's would need 1.1-1.2 GiB each.
+WINOGRAD_MAX_BYTES = 256 * 2**20
 _METHODS = ("auto", "conv", "taps", "winograd")
 
 
@@ -97,7 +104,15 @@ def winograd_fraction(height, width, dilation):
     return 4 / 9 * extended / (height * width)
 
 
-def auto_method(height, width, kernel_shape, dilations, padding, dtype, winograd_allowed=True):
+def winograd_input_bytes(batch, height, width, channels, dilation, itemsize=4):
+    """Bytes of Winograd's transformed input: 16 values per 2x2 block of the
+    zero-extended map, per channel."""
+    return 4 * batch * extended_size(height, dilation) * extended_size(width, dilation) \
+        * channels * itemsize
+
+
+def auto_method(height, width, kernel_shape, dilations, padding, dtype, winograd_allowed=True,
+                batch=1):
     """The method `dilated_conv2d(method="auto")` picks for a static input size.
 
     Args:
@@ -109,13 +124,15 @@ def auto_method(height, width, kernel_shape, dilations, padding, dtype, winograd
         winograd_allowed: whether the caller may run Winograd at all
             (`dilated_conv2d`: a graph traced outside `portable_ops()` on a
             machine without GPUs; cuDNN picks its own algorithms).
+        batch: the batch size (1 where it is not static).
 
     Returns:
         `"taps"` when `H, W` are static, the padding `"SAME"` and the taps touch
         at most `TAPS_MAX_FRACTION` of the dense work, else `"conv"`; either
         replaced by `"winograd"` for float32 3x3 kernels with equal rates and at
         least `WINOGRAD_MIN_WEIGHTS` weights per tap where `WINOGRAD_COST *
-        winograd_fraction` is below that path's share of the dense work.
+        winograd_fraction` is below that path's share of the dense work and
+        the transformed input fits in `WINOGRAD_MAX_BYTES`.
     """
     kh, kw, c_in, c_out = (int(v) for v in kernel_shape)
     rh, rw = int(dilations[0]), int(dilations[1])
@@ -130,6 +147,7 @@ def auto_method(height, width, kernel_shape, dilations, padding, dtype, winograd
         and tf.as_dtype(dtype) == tf.float32
         and c_in * c_out >= WINOGRAD_MIN_WEIGHTS
         and WINOGRAD_COST * winograd_fraction(height, width, rh) < share
+        and winograd_input_bytes(batch, height, width, c_in, rh) <= WINOGRAD_MAX_BYTES
     ):
         return "winograd"
     return method
@@ -301,7 +319,7 @@ def dilated_conv2d(inputs, kernel, dilations, padding, method="auto"):
             and not tf.config.list_logical_devices("GPU")
         )
         method = auto_method(height, width, kernel.shape, (rh, rw), padding, inputs.dtype,
-                             winograd_allowed)
+                             winograd_allowed, inputs.shape[0] or 1)
     if method == "winograd":
         return winograd_conv3x3(inputs, kernel, rh)
     if method == "taps":

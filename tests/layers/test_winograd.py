@@ -8,7 +8,12 @@ import tensorflow as tf
 
 from keras_gald.layers import conv as conv_module
 from keras_gald.layers import portable_ops
-from keras_gald.layers.conv import DilatedConv2D, dilated_conv2d, winograd_fraction
+from keras_gald.layers.conv import (
+    DilatedConv2D,
+    dilated_conv2d,
+    winograd_fraction,
+    winograd_input_bytes,
+)
 from keras_gald.layers.winograd import extended_size, winograd_conv3x3
 from tests.conftest import assert_close_relative
 from tests.layers._helpers import random_input
@@ -122,6 +127,20 @@ def test_auto_choice(monkeypatch):
     kernel = tf.constant(random_input((3, 3, 16, 16), seed=3))
     eager = dilated_conv2d(x, kernel, (1, 1), "SAME")
     np.testing.assert_array_equal(eager.numpy(), tf.nn.conv2d(x, kernel, 1, "SAME").numpy())
+
+
+def test_auto_keeps_the_direct_conv_above_the_memory_cap(monkeypatch):
+    monkeypatch.setattr(conv_module, "WINOGRAD_MIN_WEIGHTS", 1)
+    assert winograd_input_bytes(1, 32, 30, 16, 1) == 16 * 16 * 15 * 16 * 4
+    monkeypatch.setattr(conv_module, "WINOGRAD_MAX_BYTES", winograd_input_bytes(1, 32, 32, 16, 1))
+    k = tf.zeros((3, 3, 16, 16))
+
+    def conv(x):
+        return dilated_conv2d(x, k, (1, 1), "SAME")
+
+    assert _ops(conv, tf.TensorSpec((1, 32, 32, 16), tf.float32))[1]
+    ops, xla = _ops(conv, tf.TensorSpec((2, 32, 32, 16), tf.float32))
+    assert "Conv2D" in ops and not xla
 
 
 def test_layer_on_winograd_matches_keras_conv2d(monkeypatch):
