@@ -94,8 +94,7 @@ def parse_case(text):
     if parts[0] == "conv":
         try:
             shape = tuple(int(v) for v in parts[1].split("x"))
-            rate = int(parts[2])
-            if len(shape) != 5 or parts[3] not in ("forward", "train") or len(parts) > 5:
+            if int(parts[2]) < 1 or len(shape) != 5 or parts[3] not in ("forward", "train") or len(parts) > 5:
                 raise ValueError
             if len(parts) == 5 and parts[4] not in ("auto", "conv", "taps", "winograd"):
                 raise ValueError

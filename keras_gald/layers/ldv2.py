@@ -31,7 +31,7 @@ import keras
 import tensorflow as tf
 
 from keras_gald.layers.norm import batch_norm
-from keras_gald.layers.portable import may_use_xla, portable_ops  # noqa: F401 (re-exported)
+from keras_gald.layers.portable import may_use_xla
 from keras_gald.layers.sequencing import after
 
 _PADDINGS = ("zeros", "mask")

@@ -22,6 +22,24 @@ def random_input_legacy(shape, seed=1):
     return np.random.RandomState(seed).normal(size=shape).astype("float32")
 
 
+# ----------------------------------------------------------------- graphs, grads
+def xla_calls(concrete):
+    """Function-call ops of a traced graph that TF must compile with XLA."""
+    return [op for op in concrete.graph.get_operations()
+            if op.type in ("PartitionedCall", "StatefulPartitionedCall")
+            and op.node_def.attr["_XlaMustCompile"].b]
+
+
+def conv_loss_and_grads(fn, x, k):
+    """`[fn(x, k), d/dx, d/dk]` of `sum(y * sin(y))`: every output element gets its
+    own cotangent, so a wrong gradient cannot cancel out."""
+    with tf.GradientTape() as tape:
+        tape.watch([x, k])
+        y = fn(x, k)
+        loss = tf.reduce_sum(y * tf.sin(y))
+    return [y, *tape.gradient(loss, [x, k])]
+
+
 # ----------------------------------------------------------------------- weights
 def randomize_weights(layer, seed=0):
     """Assigns random values to every weight (positive for scales/variances)."""

@@ -14,15 +14,7 @@ from keras_gald.layers.conv import (
     same_padding_taps,
     taps_fraction,
 )
-from tests.layers._helpers import assert_keras_round_trip, random_input
-
-
-def _loss_and_grads(fn, x, k):
-    with tf.GradientTape() as tape:
-        tape.watch([x, k])
-        y = fn(x, k)
-        loss = tf.reduce_sum(y * tf.sin(y))
-    return [y, *tape.gradient(loss, [x, k])]
+from tests.layers._helpers import assert_keras_round_trip, conv_loss_and_grads, random_input
 
 
 _SIZES_RATES = [((13, 17), 2), ((33, 47), 6), ((9, 9), 4), ((9, 9), 12)]
@@ -44,13 +36,13 @@ def test_custom_gradient_matches_tf_convolution(method, padding, size, rate, jit
     k = tf.constant(rng.normal(size=(3, 3, 5, 7)).astype("float32"))
 
     def fast(x, k):
-        return _loss_and_grads(
+        return conv_loss_and_grads(
             lambda a, b: dilated_conv2d(a, b, (rate, rate), padding, method=method), x, k)
 
     if jit:
         fast = tf.function(fast, jit_compile=True)
     ours = fast(x, k)
-    ref = _loss_and_grads(lambda a, b: tf.nn.convolution(a, b, padding=padding, dilations=rate), x, k)
+    ref = conv_loss_and_grads(lambda a, b: tf.nn.convolution(a, b, padding=padding, dilations=rate), x, k)
     for a, b in zip(ours, ref):
         scale = float(tf.reduce_max(tf.abs(b)))
         assert float(tf.reduce_max(tf.abs(a - b))) <= 1e-5 * scale
@@ -73,10 +65,10 @@ def test_rate_one_kernel_gradient_both_ways(monkeypatch, padding, tf_filter_grad
     k = tf.constant(rng.normal(size=(3, 3, 5, 7)).astype("float32"))
 
     def fast(x, k):
-        return _loss_and_grads(lambda a, b: dilated_conv2d(a, b, (1, 1), padding, method="conv"), x, k)
+        return conv_loss_and_grads(lambda a, b: dilated_conv2d(a, b, (1, 1), padding, method="conv"), x, k)
 
     ours = (tf.function(fast, jit_compile=True) if jit else fast)(x, k)
-    ref = _loss_and_grads(lambda a, b: tf.nn.convolution(a, b, padding=padding), x, k)
+    ref = conv_loss_and_grads(lambda a, b: tf.nn.convolution(a, b, padding=padding), x, k)
     _assert_close_to(ours, ref)
 
 
@@ -93,11 +85,11 @@ def test_wide_kernels_run_over_channel_slices(monkeypatch, c_in, c_out, padding,
     k = tf.constant(rng.normal(size=(3, 3, c_in, c_out)).astype("float32"))
 
     def fast(x, k):
-        return _loss_and_grads(
+        return conv_loss_and_grads(
             lambda a, b: dilated_conv2d(a, b, (rate, rate), padding, method="conv"), x, k)
 
     ours = (tf.function(fast, jit_compile=True) if jit else fast)(x, k)
-    ref = _loss_and_grads(lambda a, b: tf.nn.convolution(a, b, padding=padding, dilations=rate),
+    ref = conv_loss_and_grads(lambda a, b: tf.nn.convolution(a, b, padding=padding, dilations=rate),
                           x, k)
     _assert_close_to(ours, ref)
     graph = tf.function(lambda a: conv_module.conv2d_sliced(a, k, padding, [1, rate, rate, 1]))
@@ -116,13 +108,13 @@ def test_pointwise_conv2d_matches_tf_convolution(jit):
     k = tf.constant(rng.normal(size=(1, 1, 6, 9)).astype("float32"))
 
     def fast(x, k):
-        return _loss_and_grads(pointwise_conv2d, x, k)
+        return conv_loss_and_grads(pointwise_conv2d, x, k)
 
     ours = (tf.function(fast, jit_compile=True) if jit else fast)(x, k)
-    _assert_close_to(ours, _loss_and_grads(lambda a, b: tf.nn.convolution(a, b), x, k))
+    _assert_close_to(ours, conv_loss_and_grads(lambda a, b: tf.nn.convolution(a, b), x, k))
     dynamic = tf.TensorSpec((None, None, None, 6), tf.float32)
-    graph = tf.function(lambda t: _loss_and_grads(pointwise_conv2d, t, k)).get_concrete_function(dynamic)
-    _assert_close_to(graph(x), _loss_and_grads(lambda a, b: tf.nn.convolution(a, b), x, k))
+    graph = tf.function(lambda t: conv_loss_and_grads(pointwise_conv2d, t, k)).get_concrete_function(dynamic)
+    _assert_close_to(graph(x), conv_loss_and_grads(lambda a, b: tf.nn.convolution(a, b), x, k))
 
 
 def test_taps_geometry():

@@ -13,10 +13,15 @@ from keras_gald.layers.ldv2 import (
     _local_aggregate,
     _local_logits,
     neighbour_offsets,
-    portable_ops,
 )
+from keras_gald.layers.portable import portable_ops
 from tests.conftest import assert_close_relative
-from tests.layers._helpers import assert_clone_matches, assert_keras_round_trip, global_policy
+from tests.layers._helpers import (
+    assert_clone_matches,
+    assert_keras_round_trip,
+    global_policy,
+    xla_calls,
+)
 
 CG, CL = 3, 5  # tiny X_g / X_l widths
 SMALL = dict(key_channels=4, value_channels=6, out_channels=5)
@@ -408,13 +413,6 @@ def test_jit_compile_matches_eager(impl):
         assert_close_relative(b.numpy(), a.numpy(), rtol=1e-5)
 
 
-def _xla_calls(concrete):
-    """Function-call ops of a traced graph that TF must compile with XLA."""
-    return [op for op in concrete.graph.get_operations()
-            if op.type in ("PartitionedCall", "StatefulPartitionedCall")
-            and op.node_def.attr["_XlaMustCompile"].b]
-
-
 def _graph_step(layer, cot):
     return tf.function(_step_fn(layer, cot))
 
@@ -432,12 +430,12 @@ def test_jit_slices_matches_plain_graph_and_reference(padding):
     args = (tf.constant(xg), tf.constant(xl))
 
     jit_step = _graph_step(slices, cot)
-    assert len(_xla_calls(jit_step.get_concrete_function(*args))) >= 2  # logits, aggregate
+    assert len(xla_calls(jit_step.get_concrete_function(*args))) >= 2  # logits, aggregate
     got = jit_step(*args)
     names = ["y", "d_xg", "d_xl"] + [w.path for w in slices.trainable_weights]
     for layer in (plain, patches):
         step = _graph_step(layer, cot)
-        assert not _xla_calls(step.get_concrete_function(*args))
+        assert not xla_calls(step.get_concrete_function(*args))
         want = step(*args)
         assert len(got) == len(want) == len(names) == 1 + 2 + 9
         for name, a, b in zip(names, got, want):
@@ -456,10 +454,10 @@ def test_portable_ops_traces_plain_graph():
     layer([xg, xl])
     fn = tf.function(lambda a, b: layer([a, b], training=False))
     args = (tf.constant(xg), tf.constant(xl))
-    assert _xla_calls(fn.get_concrete_function(*args))
+    assert xla_calls(fn.get_concrete_function(*args))
     with portable_ops():
         fresh = tf.function(lambda a, b: layer([a, b], training=False))
-        assert not _xla_calls(fresh.get_concrete_function(*args))
+        assert not xla_calls(fresh.get_concrete_function(*args))
     np.testing.assert_allclose(fresh(*args).numpy(), fn(*args).numpy(), rtol=1e-5, atol=1e-6)
 
     # The context is per thread: another thread tracing meanwhile keeps XLA.
@@ -467,7 +465,7 @@ def test_portable_ops_traces_plain_graph():
 
     def trace_elsewhere():
         other = tf.function(lambda a, b: layer([a, b], training=False))
-        result["xla_calls"] = _xla_calls(other.get_concrete_function(*args))
+        result["xla_calls"] = xla_calls(other.get_concrete_function(*args))
 
     with portable_ops():
         worker = threading.Thread(target=trace_elsewhere)

@@ -16,21 +16,7 @@ from keras_gald.layers.conv import (
 )
 from keras_gald.layers.winograd import extended_size, winograd_conv3x3
 from tests.conftest import assert_close_relative
-from tests.layers._helpers import random_input
-
-
-def _xla_calls(concrete):
-    return [op for op in concrete.graph.get_operations()
-            if op.type in ("PartitionedCall", "StatefulPartitionedCall")
-            and op.node_def.attr["_XlaMustCompile"].b]
-
-
-def _values_and_grads(fn, x, k):
-    with tf.GradientTape() as tape:
-        tape.watch([x, k])
-        y = fn(x, k)
-        loss = tf.reduce_sum(y * tf.sin(y))
-    return [y, *tape.gradient(loss, [x, k])]
+from tests.layers._helpers import conv_loss_and_grads, random_input, xla_calls
 
 
 # (N, H, W, C_in, C_out, rate): even and odd sizes, maps not a multiple of 2r
@@ -61,9 +47,9 @@ def test_matches_tf_conv2d_values_and_gradients(case, mode):
     if mode != "eager":
         winograd = tf.function(winograd, jit_compile=mode == "xla")
         if mode == "graph":  # the transforms are XLA-compiled calls inside the graph
-            assert _xla_calls(winograd.get_concrete_function(x, k))
-    expected = _values_and_grads(reference, x, k)
-    got = _values_and_grads(winograd, x, k)
+            assert xla_calls(winograd.get_concrete_function(x, k))
+    expected = conv_loss_and_grads(reference, x, k)
+    got = conv_loss_and_grads(winograd, x, k)
     for a, b in zip(got, expected):
         assert a.shape == b.shape
         assert_close_relative(a.numpy(), b.numpy(), rtol=1e-5)
@@ -92,7 +78,7 @@ def test_winograd_errors():
 
 def _ops(fn, spec):
     concrete = tf.function(fn).get_concrete_function(spec)
-    return {op.type for op in concrete.graph.get_operations()}, bool(_xla_calls(concrete))
+    return {op.type for op in concrete.graph.get_operations()}, bool(xla_calls(concrete))
 
 
 def test_auto_choice(monkeypatch):
@@ -154,7 +140,7 @@ def test_layer_on_winograd_matches_keras_conv2d(monkeypatch):
     ours.set_weights(stock.get_weights())
     x = random_input((3, 20, 14, 6), seed=4)
     step = tf.function(lambda t: model_ours(t))
-    assert _xla_calls(step.get_concrete_function(tf.TensorSpec((3, 20, 14, 6))))
+    assert xla_calls(step.get_concrete_function(tf.TensorSpec((3, 20, 14, 6))))
     assert_close_relative(step(x).numpy(), model_stock(x).numpy(), rtol=1e-5)
     assert_close_relative(model_ours.predict(x, verbose=0), model_stock.predict(x, verbose=0),
                           rtol=1e-5)
