@@ -94,6 +94,12 @@ WINOGRAD_COST = 1.3
 # 2304 -> 512 on the 64x64 map) needs 144 MiB; on the 1/8 map of a 1024x2048
 # image the heads' and ASPP's would need 1.1-1.2 GiB each.
 WINOGRAD_MAX_BYTES = 256 * 2**20
+# ... and below this many output pixels (N x H x W, N = 1 where not static) it
+# keeps the direct path too: each new shape costs an XLA compile of the
+# transforms (the authors' v1 R50 at 113x121, 15x16 maps: first predict 2.9 ->
+# 11.7 s), and 2x16x16 (a 128x128 training crop) is the smallest map where
+# Winograd was measured to win.
+WINOGRAD_MIN_PIXELS = 512
 _METHODS = ("auto", "conv", "taps", "winograd")
 
 
@@ -132,7 +138,8 @@ def auto_method(height, width, kernel_shape, dilations, padding, dtype, winograd
         replaced by `"winograd"` for float32 3x3 kernels with equal rates and at
         least `WINOGRAD_MIN_WEIGHTS` weights per tap where `WINOGRAD_COST *
         winograd_fraction` is below that path's share of the dense work and
-        the transformed input fits in `WINOGRAD_MAX_BYTES`.
+        the transformed input fits in `WINOGRAD_MAX_BYTES`, on maps of at least
+        `WINOGRAD_MIN_PIXELS` output pixels.
     """
     kh, kw, c_in, c_out = (int(v) for v in kernel_shape)
     rh, rw = int(dilations[0]), int(dilations[1])
@@ -148,6 +155,7 @@ def auto_method(height, width, kernel_shape, dilations, padding, dtype, winograd
         and c_in * c_out >= WINOGRAD_MIN_WEIGHTS
         and WINOGRAD_COST * winograd_fraction(height, width, rh) < share
         and winograd_input_bytes(batch, height, width, c_in, rh) <= WINOGRAD_MAX_BYTES
+        and batch * height * width >= WINOGRAD_MIN_PIXELS
     ):
         return "winograd"
     return method

@@ -129,6 +129,19 @@ def test_auto_keeps_the_direct_conv_above_the_memory_cap(monkeypatch):
     assert "Conv2D" in ops and not xla
 
 
+def test_auto_keeps_the_direct_conv_on_small_maps(monkeypatch):
+    monkeypatch.setattr(conv_module, "WINOGRAD_MIN_WEIGHTS", 1)
+    k = tf.zeros((3, 3, 16, 16))
+
+    def conv(x):
+        return dilated_conv2d(x, k, (1, 1), "SAME")
+
+    assert _ops(conv, tf.TensorSpec((2, 16, 16, 16), tf.float32))[1]  # 512 pixels
+    for shape in [(1, 16, 16, 16), (None, 16, 16, 16)]:  # unknown batch counts as 1
+        ops, xla = _ops(conv, tf.TensorSpec(shape, tf.float32))
+        assert "Conv2D" in ops and not xla, shape
+
+
 def test_layer_on_winograd_matches_keras_conv2d(monkeypatch):
     monkeypatch.setattr(conv_module, "WINOGRAD_MIN_WEIGHTS", 1)
     keras.utils.set_random_seed(0)

@@ -181,8 +181,8 @@ def test_forward_training_and_inference(r50):
     logits = r50(x)
     assert logits.dtype == tf.float32 and logits.shape == (1, *official_feature_size(113, 121), 19)
     assert np.isfinite(logits.numpy()).all()
-    # predict() traces a graph, where the wide 3x3 convs run by Winograd (eager calls
-    # keep tf.nn.conv2d): equal up to float32 rounding.
+    # predict() traces a graph, which may run the wide 3x3 convs by Winograd (eager
+    # calls keep tf.nn.conv2d): equal up to float32 rounding, relative to the scale.
     assert_close_relative(r50.predict(x, verbose=0), logits.numpy(), rtol=1e-5)
     assert not any(layer.name.startswith("dsn_") for layer in r50.inference_model().layers)
     train = r50(x, training=True)  # (updates the BatchNorm statistics)
