@@ -157,28 +157,24 @@ def build_conv_call(shape, rate, kind, method="auto"):
 
 
 def run_case(args, change, case):
-    kind, config, mode = parse_case(case)[:3]
-    kind_is_conv = kind == "conv"
-    if kind_is_conv:
-        fields = case.split(":")
-        shape, rate, kind = tuple(int(v) for v in config.split("x")), int(mode), fields[3]
-        forced = fields[4] if len(fields) == 5 else "auto"
-
-        def build(method=forced):
-            return build_conv_call(shape, rate, kind, method)
-        settle, mode = 0, "fp32"
+    parts = parse_case(case)
+    if parts[0] == "conv":
+        _, shape, rate, kind, *forced = parts
+        shape, rate = tuple(int(v) for v in shape.split("x")), int(rate)
+        config, mode, settle = parts[1], "fp32", 0
+        build_ours = lambda: build_conv_call(shape, rate, kind, *forced)  # noqa: E731
+        build_stock = lambda: build_conv_call(shape, rate, kind)  # noqa: E731
     else:
+        kind, config, mode = parts
         cfg = speed.CONFIGS[config]
-
-        def build():
-            return build_call(kind, cfg, args)
+        build_ours = build_stock = lambda: build_call(kind, cfg, args)  # noqa: E731
         settle = 1 if kind == "train" else 0
     speed.set_policy(mode)
     try:
-        ours = build()
+        ours = build_ours()
         ours()  # traced as the library runs
         with stock_path(change):
-            stock = build(method="auto") if kind_is_conv else build()
+            stock = build_stock()
             stock()  # traced (and cached) without the change
         stats, times = speed.time_interleaved({"keras_gald": ours, "stock": stock},
                                               args.warmup, args.repeats, settle=settle)

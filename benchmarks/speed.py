@@ -1138,7 +1138,8 @@ def measure_dilated_conv(args, torch, results):
                     times["torch_eager"] = time_calls(torch_call, args.warmup,
                                                       args.repeats)["ms"]
                     log(f"    torch {times['torch_eager']:.1f} ms")
-                auto = auto_method(side, side, k.shape, (rate, rate), "SAME", tf.float32)
+                auto = auto_method(side, side, k.shape, (rate, rate), "SAME", tf.float32,
+                                   batch=batch)
                 rows.append(dict(pass_=pass_name, rate=rate, input=label, taps_fraction=fraction,
                                  ms=times, auto=auto,
                                  conv_over_taps=times["conv"] / times["taps"],

@@ -44,7 +44,7 @@ matmuls between tile transforms, in graphs traced outside `portable_ops()`.
 import keras
 import tensorflow as tf
 
-from keras_gald.layers.portable import tracing_portable
+from keras_gald.layers.portable import may_use_xla
 from keras_gald.layers.sequencing import after
 from keras_gald.layers.winograd import extended_size, winograd_conv3x3
 
@@ -96,8 +96,10 @@ WINOGRAD_COST = 1.3
 WINOGRAD_MAX_BYTES = 256 * 2**20
 # ... and below this many output pixels (N x H x W, N = 1 where not static) it
 # keeps the direct path too: each new shape costs an XLA compile of the
-# transforms (the authors' v1 R50 at 113x121, 15x16 maps: first predict 2.9 ->
-# 11.7 s), and 2x16x16 (a 128x128 training crop) is the smallest map where
+# transforms (tests/models/test_official.py::test_forward_training_and_inference,
+# the authors' v1 R50 at 113x121 with 15x16 maps, eager call + predict + training
+# call: 2.9 s before Winograd, 11.7 s with it on these maps, `pytest
+# --durations`), and 2x16x16 (a 128x128 training crop) is the smallest map where
 # Winograd was measured to win.
 WINOGRAD_MIN_PIXELS = 512
 _METHODS = ("auto", "conv", "taps", "winograd")
@@ -321,11 +323,7 @@ def dilated_conv2d(inputs, kernel, dilations, padding, method="auto"):
             f"{padding!r} and input shape {tuple(inputs.shape)}"
         )
     if method == "auto":
-        winograd_allowed = (
-            not tracing_portable()
-            and not tf.executing_eagerly()
-            and not tf.config.list_logical_devices("GPU")
-        )
+        winograd_allowed = may_use_xla() and not tf.config.list_logical_devices("GPU")
         method = auto_method(height, width, kernel.shape, (rh, rw), padding, inputs.dtype,
                              winograd_allowed, inputs.shape[0] or 1)
     if method == "winograd":

@@ -7,7 +7,8 @@ matmuls of `(tiles, C_in) x (C_in, C_out)` — 4/9 of a direct convolution's
 multiply-adds. The tile transforms are additions and halvings only: float32
 results stay within 1e-5 of the output's scale of `tf.nn.conv2d`'s, values
 and gradients (tests/layers/test_winograd.py). The transformed input is 4x
-the input's size (16 values per 2x2 outputs), a transient of the forward pass.
+the input's size (16 values per 2x2 outputs); training keeps it for the
+kernel gradient.
 
 A dilated convolution at rate `r` is `r^2` undilated ones on the phase
 sub-grids `x[p::r, q::r]`; the map is zero-extended to a multiple of `2r`
@@ -27,22 +28,22 @@ import tensorflow as tf
 
 from keras_gald.layers.portable import may_use_xla
 
-# F(2, 3) in 1-D: B^T (4x4) maps an input tile to the transform domain, G
-# (4x3) the kernel, A^T (2x4) the product back to two outputs.
-_BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float32)
+# F(2, 3) in 1-D: G (4x3) maps the kernel to the transform domain; B^T (input
+# tile) and A^T (back to two outputs) are written out in _bt_combine / _at_combine.
 _G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float32)
-_AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float32)
 # 2-D kernel transform as one (16, 9) matrix acting on the 9 taps.
 _KERNEL_T = np.einsum("ap,bq->abpq", _G, _G).reshape(16, 9)
 
 
 def _bt_combine(d):
-    """`B^T d` for the four rows (or columns) `d[0..3]` of a tile."""
+    """`B^T d`, B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]],
+    for the four rows (or columns) `d[0..3]` of a tile."""
     return [d[0] - d[2], d[1] + d[2], d[2] - d[1], d[1] - d[3]]
 
 
 def _at_combine(m):
-    """`A^T m` for the four transformed rows (or columns) `m[0..3]`."""
+    """`A^T m`, A^T = [[1, 1, 1, 0], [0, 1, -1, -1]], for the four transformed rows
+    (or columns) `m[0..3]`."""
     return [m[0] + m[1] + m[2], m[1] - m[2] - m[3]]
 
 
@@ -104,15 +105,13 @@ def _compiled(name, *static):
     return tf.function(lambda t: fn(t, *static), jit_compile=True, autograph=False)
 
 
-def winograd_conv3x3(x, kernel, rate=1, jit=True):
+def winograd_conv3x3(x, kernel, rate=1):
     """Stride-1 `"SAME"` 3x3 convolution at dilation `rate`, by Winograd F(2x2, 3x3).
 
     Args:
         x: `(N, H, W, C_in)` with static `H, W, C_in`.
         kernel: `(3, 3, C_in, C_out)`.
         rate: the dilation (the same along both axes).
-        jit: run the tile transforms as XLA-compiled functions when tracing a
-            graph outside `portable_ops()` (eager calls stay plain TF).
 
     Returns:
         `(N, H, W, C_out)`: `tf.nn.conv2d(x, kernel, 1, "SAME", dilations=rate)`
@@ -122,7 +121,9 @@ def winograd_conv3x3(x, kernel, rate=1, jit=True):
     rate = int(rate)
     if tuple(kernel.shape[:2]) != (3, 3):
         raise ValueError(f"winograd_conv3x3 needs a 3x3 kernel; got {tuple(kernel.shape)}")
-    if jit and may_use_xla():
+    # XLA-compiled transforms while tracing a graph outside portable_ops();
+    # eager calls stay plain TF.
+    if may_use_xla():
         forward_in = _compiled("input", rate)
         forward_out = _compiled("output", height, width, rate)
     else:
