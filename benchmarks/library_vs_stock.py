@@ -20,6 +20,10 @@ Changes:
                   per tap by Winograd F(2x2, 3x3) (`keras_gald.layers.winograd`)
                   against the path `dilated_conv2d` takes without it (one
                   `tf.nn.conv2d`, channel slices, or one matmul per tap).
+    ldv2_fold     LDv2 (impl="slices") applies its output 1x1 conv before the
+                  neighbourhood sum, folded into the value projection
+                  (`LDv2.folds_output_projection`), against Eq. (8) literally
+                  (values projected to `value_channels`, summed, then projected).
 
 Cases (`--cases`, comma-separated):
     forward:<config>:<mode>   batch 1 at `--size` (512), inference graph
@@ -29,6 +33,11 @@ Cases (`--cases`, comma-separated):
                               forward + input and kernel gradients); `<method>`
                               (default auto) forces the library side's
                               `dilated_conv2d(method=...)`
+    ldv2:<N>x<H>x<W>x<C_g>x<C_l>:<forward|train>:<mode>
+                              the default `LDv2` layer alone on X_g, X_l
+                              (train: forward + gradients of the inputs and
+                              weights); 1x64x64x256x2048 is its place in the
+                              R50 + ASPP + LDv2 network at 512 x 512
 with `<config>` from `benchmarks/speed.py` (`r50_backbone`, `official_v1_r50`,
 `r50_aspp_ldv2`, ...) and `<mode>` `fp32` or `bf16` (`mixed_bfloat16`).
 
@@ -36,6 +45,7 @@ Usage (from the repository root):
     python benchmarks/library_vs_stock.py --changes batchnorm --json benchmarks/results/batchnorm_cpu.json
     python benchmarks/library_vs_stock.py --changes conv_slices --cases forward:official_v1_r50:fp32
     python benchmarks/library_vs_stock.py --changes winograd --cases conv:1x64x64x2304x512:1:forward
+    python benchmarks/library_vs_stock.py --changes ldv2_fold --cases forward:r50_aspp_ldv2:fp32
 
 Prints one row per change and case: library ms, stock ms, their ratio (of the
 medians) and the median of the per-round ratios; writes JSON.
@@ -55,7 +65,7 @@ import numpy as np  # noqa: E402
 
 import speed  # noqa: E402
 
-DEFAULT_CHANGES = "batchnorm,conv_slices,winograd"
+DEFAULT_CHANGES = "batchnorm,conv_slices,winograd,ldv2_fold"
 DEFAULT_CASES = (
     "forward:r50_backbone:fp32,forward:r50_backbone:bf16,"
     "forward:official_v1_r50:fp32,forward:official_v1_r50:bf16,"
@@ -78,7 +88,7 @@ def stock_path(change):
     """A context in which graphs traced run without `change`."""
     import keras
 
-    from keras_gald.layers import conv, norm
+    from keras_gald.layers import conv, ldv2, norm
 
     if change == "batchnorm":
         return _swapped(norm.FusedBatchNormalization, "call", keras.layers.BatchNormalization.call)
@@ -86,6 +96,8 @@ def stock_path(change):
         return _swapped(conv, "SLICE_MIN_CHANNELS", float("inf"))
     if change == "winograd":
         return _swapped(conv, "WINOGRAD_MIN_WEIGHTS", float("inf"))
+    if change == "ldv2_fold":
+        return _swapped(ldv2, "FOLD_OUTPUT_PROJECTION", False)
     raise SystemExit(f"unknown change {change!r}; known: {DEFAULT_CHANGES}")
 
 
@@ -101,6 +113,16 @@ def parse_case(text):
         except (IndexError, ValueError):
             raise SystemExit(f"bad case {text!r}: expected "
                              "conv:NxHxWxCinxCout:<rate>:forward|train[:auto|conv|taps|winograd]")
+        return parts
+    if parts[0] == "ldv2":
+        try:
+            shape = tuple(int(v) for v in parts[1].split("x"))
+            if len(shape) != 5 or len(parts) != 4 or parts[2] not in ("forward", "train") \
+                    or parts[3] not in ("fp32", "bf16"):
+                raise ValueError
+        except (IndexError, ValueError):
+            raise SystemExit(f"bad case {text!r}: expected "
+                             "ldv2:NxHxWxC_gxC_l:forward|train:fp32|bf16")
         return parts
     if len(parts) != 3 or parts[0] not in ("forward", "train") or parts[2] not in ("fp32", "bf16"):
         raise SystemExit(f"bad case {text!r}: expected forward|train:<config>:fp32|bf16")
@@ -156,6 +178,27 @@ def build_conv_call(shape, rate, kind, method="auto"):
     return lambda: [t.numpy() for t in step()]
 
 
+def build_ldv2_call(shape, kind):
+    """The default `LDv2` on random X_g, X_l in a freshly traced graph."""
+    import tensorflow as tf
+
+    from keras_gald.layers.ldv2 import LDv2
+    from ldv2_impl import layer_fns
+
+    n, h, w, c_g, c_l = shape
+    rng = np.random.default_rng(0)
+    xg = tf.constant(rng.standard_normal((n, h, w, c_g), dtype=np.float32))
+    xl = tf.constant(rng.standard_normal((n, h, w, c_l), dtype=np.float32))
+    layer = LDv2()
+    layer([xg, xl])
+    layer.set_weights([np.random.default_rng(1).standard_normal(v.shape).astype("float32") * 0.02
+                       if "variance" not in v.path else np.ones(v.shape, "float32")
+                       for v in layer.weights])
+    forward, forward_backward = layer_fns(layer)
+    fn = tf.function(forward if kind == "forward" else forward_backward)
+    return lambda: speed._sync_tf(fn(xg, xl))
+
+
 def run_case(args, change, case):
     parts = parse_case(case)
     if parts[0] == "conv":
@@ -164,6 +207,10 @@ def run_case(args, change, case):
         config, mode, settle = parts[1], "fp32", 0
         build_ours = lambda: build_conv_call(shape, rate, kind, *forced)  # noqa: E731
         build_stock = lambda: build_conv_call(shape, rate, kind)  # noqa: E731
+    elif parts[0] == "ldv2":
+        _, shape, kind, mode = parts
+        shape, config, settle = tuple(int(v) for v in shape.split("x")), parts[1], 0
+        build_ours = build_stock = lambda: build_ldv2_call(shape, kind)  # noqa: E731
     else:
         kind, config, mode = parts
         cfg = speed.CONFIGS[config]

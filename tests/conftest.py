@@ -57,14 +57,14 @@ def official_fixture():
     return OfficialFixture
 
 
-def assert_close_relative(actual, expected, rtol=1e-4):
+def assert_close_relative(actual, expected, rtol=1e-4, err_msg=""):
     """max|a - e| <= rtol * max|e| (the issue's 'relative to the output's scale')."""
     actual = np.asarray(actual, np.float64)
     expected = np.asarray(expected, np.float64)
     assert actual.shape == expected.shape, (actual.shape, expected.shape)
     scale = max(np.abs(expected).max(), 1e-12)
     err = np.abs(actual - expected).max()
-    assert err <= rtol * scale, f"max abs diff {err:.3g} > {rtol} * scale {scale:.3g}"
+    assert err <= rtol * scale, f"{err_msg} max abs diff {err:.3g} > {rtol} * scale {scale:.3g}"
 
 
 _TWO_CPU_PREAMBLE = """

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from keras_gald.layers import ldv2
 from keras_gald.layers.ldv2 import (
     LDv2,
     _local_aggregate,
@@ -95,6 +96,58 @@ def test_patches_and_slices_agree_values_and_gradients(padding, num_heads, size)
         rtol=1e-5,
         atol=1e-6,
     )
+
+
+@pytest.mark.parametrize("padding", ["zeros", "mask"])
+@pytest.mark.parametrize("num_heads", [1, 2])
+def test_folded_output_projection_matches_unfolded(padding, num_heads, monkeypatch):
+    """Folding W_o into W_v (fewer channels summed) gives Eq. (8)'s numbers and
+    the gradients of both kernels, per head."""
+    kwargs = dict(key_channels=4, value_channels=12, out_channels=5, num_heads=num_heads)
+    xg, xl = _inputs(2, 9, 13)
+    folded = LDv2(padding=padding, kernel_size=3, dilation_rate=2, **kwargs)
+    folded([xg, xl])
+    _randomize(folded)
+    unfolded = LDv2.from_config(folded.get_config())
+    unfolded([xg, xl])
+    unfolded.set_weights(folded.get_weights())
+    cotangent = tf.constant(np.random.default_rng(2).standard_normal((2, 9, 13, 5 + CL)), tf.float32)
+    assert folded.folds_output_projection
+    y_f, g_f = _values_and_grads(folded, xg, xl, cotangent, training=True)
+    monkeypatch.setattr(ldv2, "FOLD_OUTPUT_PROJECTION", False)
+    assert not unfolded.folds_output_projection
+    y_u, g_u = _values_and_grads(unfolded, xg, xl, cotangent, training=True)
+    assert_close_relative(y_f.numpy(), y_u.numpy(), rtol=1e-5)
+    names = ["x_global", "x_local"] + [w.path for w in folded.trainable_weights]
+    for name, a, b in zip(names, g_f, g_u):
+        assert a is not None and b is not None, name
+        if padding == "mask" and name.endswith(("key_conv/bias", "value_conv/bias")):
+            # Zero up to rounding on both sides: the key bias cancels in the
+            # softmax; with weights summing to 1 the value bias is a constant
+            # per channel that the training-mode BN subtracts.
+            assert float(tf.norm(a)) < 1e-4 and float(tf.norm(b)) < 1e-4
+            continue
+        assert_close_relative(a.numpy(), b.numpy(), rtol=1e-5, err_msg=name)
+    # Moving statistics of the output BN see the same batch either way.
+    for a, b in zip(folded.non_trainable_weights, unfolded.non_trainable_weights):
+        assert_close_relative(a.numpy(), b.numpy(), rtol=1e-5, err_msg=a.path)
+
+
+@pytest.mark.parametrize(
+    "kwargs, folds",
+    [
+        (dict(), True),  # 2304 -> 512 -> 256 by default: folded to 256
+        (dict(impl="patches"), False),  # the reference keeps Eq. (8) literally
+        (dict(output_projection=False), False),
+        (dict(out_channels=512), False),  # would not narrow the values
+        (dict(num_heads=2, out_channels=256), False),  # 2 x 256 = 512 values
+        (dict(num_heads=2, out_channels=128), True),
+    ],
+)
+def test_when_the_output_projection_is_folded(kwargs, folds):
+    layer = LDv2(**kwargs)
+    layer.build([(None, None, None, 256), (None, None, None, 2048)])
+    assert layer.folds_output_projection is folds
 
 
 def test_bigger_odd_map_default_geometry():
