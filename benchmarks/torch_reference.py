@@ -217,12 +217,16 @@ class LDv2(nn.Module):
     logits of neighbour n are `sum_c q * shift_n(k)`, the output
     `sum_n softmax_n * shift_n(v)`; then 1x1 conv (no bias) + BN + ReLU and
     concat with X_l. Shifted slices of once-padded maps, so no k^2-fold copy
-    of k or v is built.
+    of k or v is built. `fold_output=True` (default, as keras_gald's
+    `LDv2.folds_output_projection`) applies the output 1x1 conv per head
+    before the neighbourhood sum, folded into the value conv, when that
+    narrows the summed values (`heads * C_out < value_channels`); same numbers,
+    same parameters.
     """
 
     def __init__(self, global_channels, local_channels, kernel_size=5, dilation=3,
                  key_channels=256, value_channels=512, out_channels=None, num_heads=1,
-                 combine="concat"):
+                 combine="concat", fold_output=True):
         super().__init__()
         cin = global_channels + local_channels
         self.query = nn.Conv2d(cin, key_channels, 1)
@@ -239,6 +243,7 @@ class LDv2(nn.Module):
         ]
         self.pad = half * dilation
         self.combine = combine
+        self.fold = fold_output and num_heads * (out_channels or global_channels) < value_channels
 
     def _shifted(self, padded, height, width):
         p = self.pad
@@ -252,15 +257,28 @@ class LDv2(nn.Module):
         split = lambda t: t.unflatten(1, (self.heads, -1))
         q = split(self.query(x)) * self.scale
         k = split(F.pad(self.key(x), [self.pad] * 4))
-        v = split(F.pad(self.value(x), [self.pad] * 4))
+        v = split(F.pad(self._folded_value(x) if self.fold else self.value(x), [self.pad] * 4))
         logits = torch.stack([(q * k_n).sum(2) for k_n in self._shifted(k, height, width)], 2)
         weights = torch.softmax(logits, 2)  # (N, heads, K, H, W)
         out = None
         for n, v_n in enumerate(self._shifted(v, height, width)):
             term = weights[:, :, n : n + 1] * v_n
             out = term if out is None else out + term
-        x_gald = self.out(out.flatten(1, 2))
+        if self.fold:
+            x_gald = self.out[2](self.out[1](out.sum(1)))  # BN, ReLU after the folded conv
+        else:
+            x_gald = self.out(out.flatten(1, 2))
         return torch.cat([x_gald, x_local], 1) if self.combine == "concat" else x_gald
+
+    def _folded_value(self, x):
+        """(N, heads * C_out, H, W): head h holds W_o,h (W_v,h x + b_v,h)."""
+        heads = self.heads
+        w_v = self.value.weight[:, :, 0, 0].unflatten(0, (heads, -1))  # (h, d, C_in)
+        b_v = self.value.bias.unflatten(0, (heads, -1))  # (h, d)
+        w_o = self.out[0].weight[:, :, 0, 0].unflatten(1, (heads, -1)).transpose(0, 1)  # (h, C_out, d)
+        weight = torch.matmul(w_o, w_v).flatten(0, 1)[:, :, None, None]
+        bias = torch.matmul(w_o, b_v[:, :, None]).flatten()
+        return F.conv2d(x, weight, bias)
 
 
 class CGNL(nn.Module):
