@@ -44,7 +44,7 @@ matmuls between tile transforms, in graphs traced outside `portable_ops()`.
 import keras
 import tensorflow as tf
 
-from keras_gald.layers.portable import may_use_xla
+from keras_gald.layers.portable import inside_xla_cluster, may_use_xla
 from keras_gald.layers.sequencing import after
 from keras_gald.layers.winograd import extended_size, winograd_conv3x3
 
@@ -297,7 +297,8 @@ def dilated_conv2d(inputs, kernel, dilations, padding, method="auto"):
             only), `"winograd"` (F(2x2, 3x3), `keras_gald.layers.winograd`;
             3x3 `"SAME"` with equal rates and static `H, W` only) or `"auto"`
             (default): `auto_method`'s choice, Winograd only in graphs traced
-            outside `portable_ops()` on machines without GPUs (eager calls and
+            outside `portable_ops()` and outside a whole-function XLA compile
+            (`jit_compile=True`), on machines without GPUs (eager calls and
             exports keep `tf.nn.conv2d`).
 
     Returns:
@@ -323,7 +324,15 @@ def dilated_conv2d(inputs, kernel, dilations, padding, method="auto"):
             f"{padding!r} and input shape {tuple(inputs.shape)}"
         )
     if method == "auto":
-        winograd_allowed = may_use_xla() and not tf.config.list_logical_devices("GPU")
+        # Not inside a whole-function XLA compile: XLA then sees the transforms'
+        # constant matrices and folds them for minutes (4 rate-2 3x3 convs,
+        # 2x16x16x256, forward + kernel gradient: first call 65.7 s against
+        # 2.8 s with its own conv), and the matmuls leave oneDNN anyway.
+        winograd_allowed = (
+            may_use_xla()
+            and not inside_xla_cluster()
+            and not tf.config.list_logical_devices("GPU")
+        )
         method = auto_method(height, width, kernel.shape, (rh, rw), padding, inputs.dtype,
                              winograd_allowed, inputs.shape[0] or 1)
     if method == "winograd":

@@ -21,7 +21,9 @@ Two implementations compute the same numbers:
   tensors of the full `(N, H, W, C)` size alive for one `AddN` (and pad every
   one of them back to the padded size), so both primitives carry a custom
   gradient written with the same shifted-slice accumulation; see `_corr`,
-  `_agg`, `_agg_t`.
+  `_agg`, `_agg_t`. It also applies the output 1x1 conv before the sum,
+  folded into the value projection, when that narrows the summed values
+  (`LDv2.folds_output_projection`).
 """
 
 import functools
@@ -247,7 +249,8 @@ class LDv2(keras.layers.Layer):
 
     Implementations (`impl`): `"slices"` (default, fast, `k^2` shifted slices of
     a once-padded map with custom gradients; never builds an `N x k^2 x C`
-    tensor, forward or backward) and `"patches"` (reference,
+    tensor, forward or backward; folds the output conv into the value
+    projection, see `folds_output_projection`) and `"patches"` (reference,
     `tf.image.extract_patches`). Both give the same values and gradients;
     both work under `tf.function(jit_compile=True)`; `"slices"` exports to
     ONNX (opset 17) with dynamic batch and spatial size.

@@ -11,6 +11,8 @@ import contextlib
 import threading
 
 import tensorflow as tf
+from tensorflow.python.framework import ops as tf_ops
+from tensorflow.python.ops import control_flow_util
 
 # Per thread: an export tracing in one thread leaves a training graph traced
 # meanwhile in another on the fast (XLA) primitives.
@@ -40,3 +42,10 @@ def may_use_xla():
     """True while tracing a graph outside `portable_ops()` (eager calls stay plain:
     no per-shape compile for small interactive calls)."""
     return not tracing_portable() and not tf.executing_eagerly()
+
+
+def inside_xla_cluster():
+    """True while tracing inside a function compiled by XLA as a whole
+    (`tf.function(jit_compile=True)`, `model.compile(jit_compile=True)`, or a
+    function nested in one): XLA compiles every op there itself."""
+    return control_flow_util.GraphOrParentsInXlaContext(tf_ops.get_default_graph())

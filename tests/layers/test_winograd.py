@@ -109,6 +109,14 @@ def test_auto_choice(monkeypatch):
     with portable_ops():
         ops, xla = _ops(conv(1), spec)
     assert "Conv2D" in ops and not xla
+    # Not inside a whole-function XLA compile (nested functions included).
+    inner = tf.function(conv(1))
+    for fn in (conv(1), lambda x: inner(x)):
+        graph = tf.function(fn, jit_compile=True).get_concrete_function(spec).graph
+        nested = [graph] + [f.graph for f in getattr(graph, "_functions", {}).values()
+                            if hasattr(f, "graph")]
+        ops = {op.type for g in nested for op in g.get_operations()}
+        assert "BatchMatMulV2" not in ops, ops
     x = tf.constant(random_input((1, 32, 32, 16)))
     kernel = tf.constant(random_input((3, 3, 16, 16), seed=3))
     eager = dilated_conv2d(x, kernel, (1, 1), "SAME")
