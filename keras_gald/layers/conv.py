@@ -324,10 +324,10 @@ def dilated_conv2d(inputs, kernel, dilations, padding, method="auto"):
             f"{padding!r} and input shape {tuple(inputs.shape)}"
         )
     if method == "auto":
-        # Not inside a whole-function XLA compile: XLA then sees the transforms'
-        # constant matrices and folds them for minutes (4 rate-2 3x3 convs,
-        # 2x16x16x256, forward + kernel gradient: first call 65.7 s against
-        # 2.8 s with its own conv), and the matmuls leave oneDNN anyway.
+        # Not inside a whole-function XLA compile: XLA then constant-folds the
+        # transforms for minutes (4 rate-2 3x3 convs, 2x16x16x256, forward +
+        # kernel gradient: first call 65.7 s against 2.5-2.8 s with XLA's own
+        # conv), and it would run the matmuls itself, off oneDNN's fast path.
         winograd_allowed = (
             may_use_xla()
             and not inside_xla_cluster()
