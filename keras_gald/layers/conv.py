@@ -325,9 +325,10 @@ def dilated_conv2d(inputs, kernel, dilations, padding, method="auto"):
         )
     if method == "auto":
         # Not inside a whole-function XLA compile: XLA then constant-folds the
-        # transforms for minutes (4 rate-2 3x3 convs, 2x16x16x256, forward +
-        # kernel gradient: first call 65.7 s against 2.5-2.8 s with XLA's own
-        # conv), and it would run the matmuls itself, off oneDNN's fast path.
+        # transforms for minutes (the R50 + ASPP + LDv2 XLA training step had
+        # not compiled after 12 min; 28.8 s without Winograd,
+        # benchmarks/results/xla_r50_avx512.json), and it would run the matmuls
+        # itself, off oneDNN's fast path.
         winograd_allowed = (
             may_use_xla()
             and not inside_xla_cluster()

@@ -587,15 +587,9 @@ class LDv2(keras.layers.Layer):
         weights = tf.nn.softmax(self._logits(q, k), axis=-1)
         attended = self._aggregate(weights, v)
         if self.folds_output_projection:
-            # Heads hold their share of the output conv: summing them completes it.
-            if self.num_heads == 1:
-                shape = tf.shape(attended)
-                attended = tf.reshape(
-                    attended, tf.concat([shape[:3], [self.out_conv.filters]], axis=0)
-                )
-            else:
-                attended = tf.reduce_sum(attended, axis=3)
-            x_gald = tf.cast(attended, self.compute_dtype)
+            # Heads hold their share of the output conv: summing them completes it
+            # (one head: a size-1 reduction, which Grappler and XLA turn into a reshape).
+            x_gald = tf.cast(tf.reduce_sum(attended, axis=3), self.compute_dtype)
         else:
             shape = tf.shape(attended)
             attended = tf.reshape(attended, tf.concat([shape[:3], [self.value_channels]], axis=0))

@@ -111,12 +111,13 @@ def test_auto_choice(monkeypatch):
     assert "Conv2D" in ops and not xla
     # Not inside a whole-function XLA compile (nested functions included).
     inner = tf.function(conv(1))
-    for fn in (conv(1), lambda x: inner(x)):
+    for fn, functions in ((conv(1), 0), (lambda x: inner(x), 1)):
         graph = tf.function(fn, jit_compile=True).get_concrete_function(spec).graph
         nested = [graph] + [f.graph for f in getattr(graph, "_functions", {}).values()
                             if hasattr(f, "graph")]
+        assert len(nested) > functions  # the nested function's own ops are looked at
         ops = {op.type for g in nested for op in g.get_operations()}
-        assert "BatchMatMulV2" not in ops, ops
+        assert "Conv2D" in ops and "BatchMatMulV2" not in ops, ops
     x = tf.constant(random_input((1, 32, 32, 16)))
     kernel = tf.constant(random_input((3, 3, 16, 16), seed=3))
     eager = dilated_conv2d(x, kernel, (1, 1), "SAME")
