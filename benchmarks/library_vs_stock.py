@@ -20,6 +20,8 @@ Changes:
                   per tap by Winograd F(2x2, 3x3) (`keras_gald.layers.winograd`)
                   against the path `dilated_conv2d` takes without it (one
                   `tf.nn.conv2d`, channel slices, or one matmul per tap).
+    winograd_bf16 the same for bfloat16 convolutions with >= 512 x 512 weights
+                  per tap (`WINOGRAD_MIN_WEIGHTS_BF16`, `WINOGRAD_COST_BF16`).
     ldv2_fold     LDv2 (impl="slices") applies its output 1x1 conv before the
                   neighbourhood sum, folded into the value projection
                   (`LDv2.folds_output_projection`), against Eq. (8) literally
@@ -28,11 +30,13 @@ Changes:
 Cases (`--cases`, comma-separated):
     forward:<config>:<mode>   batch 1 at `--size` (512), inference graph
     train:<config>:<mode>     one SGD step at 2 x `--train-size` (128)
-    conv:<N>x<H>x<W>x<C_in>x<C_out>:<rate>:<forward|train>[:<method>]
-                              one float32 3x3 "SAME" `dilated_conv2d` (train:
-                              forward + input and kernel gradients); `<method>`
-                              (default auto) forces the library side's
-                              `dilated_conv2d(method=...)`
+    conv:<N>x<H>x<W>x<C_in>x<C_out>:<rate>:<forward|train>[:<method>][:<mode>]
+                              one 3x3 "SAME" `dilated_conv2d` (train: forward +
+                              input and kernel gradients); `<method>` (default
+                              auto) forces the library side's
+                              `dilated_conv2d(method=...)`; `<mode>` fp32
+                              (default) or bf16 (input and kernel cast to
+                              bfloat16, as Keras' mixed_bfloat16 runs it)
     ldv2:<N>x<H>x<W>x<C_g>x<C_l>:<forward|train>:<mode>
                               the default `LDv2` layer alone on X_g, X_l
                               (train: forward + gradients of the inputs and
@@ -65,7 +69,7 @@ import numpy as np  # noqa: E402
 
 import speed  # noqa: E402
 
-DEFAULT_CHANGES = "batchnorm,conv_slices,winograd,ldv2_fold"
+DEFAULT_CHANGES = "batchnorm,conv_slices,winograd,winograd_bf16,ldv2_fold"
 DEFAULT_CASES = (
     "forward:r50_backbone:fp32,forward:r50_backbone:bf16,"
     "forward:official_v1_r50:fp32,forward:official_v1_r50:bf16,"
@@ -96,9 +100,14 @@ def stock_path(change):
         return _swapped(conv, "SLICE_MIN_CHANNELS", float("inf"))
     if change == "winograd":
         return _swapped(conv, "WINOGRAD_MIN_WEIGHTS", float("inf"))
+    if change == "winograd_bf16":
+        return _swapped(conv, "WINOGRAD_MIN_WEIGHTS_BF16", float("inf"))
     if change == "ldv2_fold":
         return _swapped(ldv2, "FOLD_OUTPUT_PROJECTION", False)
     raise SystemExit(f"unknown change {change!r}; known: {DEFAULT_CHANGES}")
+
+
+_CONV_METHODS = ("auto", "conv", "taps", "winograd")
 
 
 def parse_case(text):
@@ -106,13 +115,18 @@ def parse_case(text):
     if parts[0] == "conv":
         try:
             shape = tuple(int(v) for v in parts[1].split("x"))
-            if int(parts[2]) < 1 or len(shape) != 5 or parts[3] not in ("forward", "train") or len(parts) > 5:
+            if int(parts[2]) < 1 or len(shape) != 5 or parts[3] not in ("forward", "train"):
                 raise ValueError
-            if len(parts) == 5 and parts[4] not in ("auto", "conv", "taps", "winograd"):
+            extra = parts[4:]
+            if extra and extra[0] in _CONV_METHODS:
+                extra = extra[1:]
+            if extra and extra[0] in ("fp32", "bf16"):
+                extra = extra[1:]
+            if extra:
                 raise ValueError
         except (IndexError, ValueError):
-            raise SystemExit(f"bad case {text!r}: expected "
-                             "conv:NxHxWxCinxCout:<rate>:forward|train[:auto|conv|taps|winograd]")
+            raise SystemExit(f"bad case {text!r}: expected conv:NxHxWxCinxCout:<rate>:"
+                             "forward|train[:auto|conv|taps|winograd][:fp32|bf16]")
         return parts
     if parts[0] == "ldv2":
         try:
@@ -155,24 +169,25 @@ def build_call(kind, cfg, args):
     return lambda: model.train_on_batch(images, labels)
 
 
-def build_conv_call(shape, rate, kind, method="auto"):
-    """One float32 3x3 "SAME" `dilated_conv2d` (and its gradients for "train")
-    in a freshly traced graph."""
+def build_conv_call(shape, rate, kind, method="auto", mode="fp32"):
+    """One 3x3 "SAME" `dilated_conv2d` (and its gradients for "train") in a
+    freshly traced graph; `mode="bf16"` casts input and kernel to bfloat16."""
     import tensorflow as tf
 
     from keras_gald.layers.conv import dilated_conv2d
 
     n, h, w, c_in, c_out = shape
+    dtype = tf.bfloat16 if mode == "bf16" else tf.float32
     rng = np.random.default_rng(0)
-    x = tf.constant(rng.standard_normal((n, h, w, c_in), dtype=np.float32))
+    x = tf.cast(rng.standard_normal((n, h, w, c_in), dtype=np.float32), dtype)
     kernel = tf.constant(rng.standard_normal((3, 3, c_in, c_out), dtype=np.float32) * 0.02)
 
     @tf.function
     def step():
         with tf.GradientTape() as tape:
             tape.watch([x, kernel])
-            y = dilated_conv2d(x, kernel, (rate, rate), "SAME", method=method)
-            loss = tf.reduce_sum(tf.square(y))
+            y = dilated_conv2d(x, tf.cast(kernel, dtype), (rate, rate), "SAME", method=method)
+            loss = tf.reduce_sum(tf.square(tf.cast(y, tf.float32)))
         return [y] if kind == "forward" else tape.gradient(loss, [x, kernel])
 
     return lambda: [t.numpy() for t in step()]
@@ -202,11 +217,12 @@ def build_ldv2_call(shape, kind):
 def run_case(args, change, case):
     parts = parse_case(case)
     if parts[0] == "conv":
-        _, shape, rate, kind, *forced = parts
+        _, shape, rate, kind, *extra = parts
         shape, rate = tuple(int(v) for v in shape.split("x")), int(rate)
-        config, mode, settle = parts[1], "fp32", 0
-        build_ours = lambda: build_conv_call(shape, rate, kind, *forced)  # noqa: E731
-        build_stock = lambda: build_conv_call(shape, rate, kind)  # noqa: E731
+        forced = extra.pop(0) if extra and extra[0] in _CONV_METHODS else "auto"
+        config, mode, settle = parts[1], (extra or ["fp32"])[0], 0
+        build_ours = lambda: build_conv_call(shape, rate, kind, forced, mode)  # noqa: E731
+        build_stock = lambda: build_conv_call(shape, rate, kind, "auto", mode)  # noqa: E731
     elif parts[0] == "ldv2":
         _, shape, kind, mode = parts
         shape, config, settle = tuple(int(v) for v in shape.split("x")), parts[1], 0

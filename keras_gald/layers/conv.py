@@ -39,6 +39,10 @@ weights per tap (256 x 256: the backbone's stage-3/4 convs, ASPP's rate-12
 branch on a 64x64 map, the heads' 3x3 convs) run by Winograd F(2x2, 3x3)
 (`keras_gald.layers.winograd`): 4/9 of the multiply-adds, as 16 batched
 matmuls between tile transforms, in graphs traced outside `portable_ops()`.
+bfloat16 ones do so from `WINOGRAD_MIN_WEIGHTS_BF16` (512 x 512: the heads'
+3x3 convs, the first two stage-4 convs at output stride 8), at about 2.6x
+the direct bf16 conv's rounding error (tests/layers/test_winograd.py); set
+that constant to `float("inf")` before tracing to keep them direct.
 """
 
 import keras
@@ -102,6 +106,18 @@ WINOGRAD_MAX_BYTES = 256 * 2**20
 # --durations`), and 2x16x16 (a 128x128 training crop) is the smallest map where
 # Winograd was measured to win.
 WINOGRAD_MIN_PIXELS = 512
+# bfloat16 (mixed_bfloat16 on CPU): oneDNN's bf16 matmuls run about twice as
+# fast as float32 ones while the transforms still pass the map through memory
+# (in float32 inside, bf16 out), so Winograd needs wider kernels and a larger
+# saving to win. Against the path taken without it, forward / forward +
+# backward, 2-core AVX-512 CPU (`python benchmarks/library_vs_stock.py
+# --changes winograd_bf16`, benchmarks/results/winograd_bf16_cpu.json; an
+# earlier ad hoc run gave 0.82 / 0.59 and 0.87 / 0.73 for the first two):
+# 2304 -> 512 on 1x64x64, 512 -> 512 at rate 4 win; 1024 -> 256 (the aux
+# head) ties forward and wins in training; forced below these thresholds,
+# 256 -> 256 at rate 2 and 2048 -> 256 at rate 12 lose.
+WINOGRAD_MIN_WEIGHTS_BF16 = 512 * 512
+WINOGRAD_COST_BF16 = 1.8
 _METHODS = ("auto", "conv", "taps", "winograd")
 
 
@@ -141,7 +157,9 @@ def auto_method(height, width, kernel_shape, dilations, padding, dtype, winograd
         least `WINOGRAD_MIN_WEIGHTS` weights per tap where `WINOGRAD_COST *
         winograd_fraction` is below that path's share of the dense work and
         the transformed input fits in `WINOGRAD_MAX_BYTES`, on maps of at least
-        `WINOGRAD_MIN_PIXELS` output pixels.
+        `WINOGRAD_MIN_PIXELS` output pixels; for bfloat16 the same with
+        `WINOGRAD_MIN_WEIGHTS_BF16` and `WINOGRAD_COST_BF16`. Other dtypes
+        never take Winograd.
     """
     kh, kw, c_in, c_out = (int(v) for v in kernel_shape)
     rh, rw = int(dilations[0]), int(dilations[1])
@@ -149,14 +167,19 @@ def auto_method(height, width, kernel_shape, dilations, padding, dtype, winograd
         return "conv"
     fraction = taps_fraction(height, width, (kh, kw), (rh, rw))
     method, share = ("taps", fraction) if fraction <= TAPS_MAX_FRACTION else ("conv", 1.0)
+    dtype = tf.as_dtype(dtype)
+    min_weights, cost = {
+        tf.float32: (WINOGRAD_MIN_WEIGHTS, WINOGRAD_COST),
+        tf.bfloat16: (WINOGRAD_MIN_WEIGHTS_BF16, WINOGRAD_COST_BF16),
+    }.get(dtype, (None, None))
     if (
         winograd_allowed
+        and min_weights is not None
         and (kh, kw) == (3, 3)
         and rh == rw
-        and tf.as_dtype(dtype) == tf.float32
-        and c_in * c_out >= WINOGRAD_MIN_WEIGHTS
-        and WINOGRAD_COST * winograd_fraction(height, width, rh) < share
-        and winograd_input_bytes(batch, height, width, c_in, rh) <= WINOGRAD_MAX_BYTES
+        and c_in * c_out >= min_weights
+        and cost * winograd_fraction(height, width, rh) < share
+        and winograd_input_bytes(batch, height, width, c_in, rh, dtype.size) <= WINOGRAD_MAX_BYTES
         and batch * height * width >= WINOGRAD_MIN_PIXELS
     ):
         return "winograd"
@@ -428,8 +451,9 @@ class DilatedConv2D(keras.layers.Conv2D):
     convolutions fall back to Keras' own path. With `padding="same"` and a
     static input size where at most `TAPS_MAX_FRACTION` of the taps' work
     reads the image (large rates on small maps), it runs one matmul per tap
-    over the region that tap reads; wide float32 3x3 kernels traced in a graph
-    on CPU run by Winograd F(2x2, 3x3) (`dilated_conv2d(method="auto")`).
+    over the region that tap reads; wide float32 and bfloat16 3x3 kernels
+    traced in a graph on CPU run by Winograd F(2x2, 3x3)
+    (`dilated_conv2d(method="auto")`).
 
     Input shape: `(N, H, W, C_in)`. Output shape: `(N, H', W', filters)`.
 

@@ -10,6 +10,11 @@ and gradients (tests/layers/test_winograd.py). The transformed input is 4x
 the input's size (16 values per 2x2 outputs); training keeps it for the
 kernel gradient.
 
+For bfloat16 / float16 inputs the transforms add in float32 and round once
+to the input's dtype, so the transformed tiles, the transformed kernel and
+the matmul results are each rounded once; the matmuls run in the input's
+dtype (TF's CPU kernels have no bfloat16 x bfloat16 -> float32 matmul).
+
 A dilated convolution at rate `r` is `r^2` undilated ones on the phase
 sub-grids `x[p::r, q::r]`; the map is zero-extended to a multiple of `2r`
 first (a "SAME" conv reads zeros there anyway) and cropped after.
@@ -18,7 +23,8 @@ TF's graph executor would run the transforms as dozens of separate
 feature-sized element-wise kernels; in graphs (outside `portable_ops()`) they
 are small XLA-compiled functions instead, while the matmuls stay on oneDNN.
 `keras_gald.layers.conv.dilated_conv2d` picks this path for wide float32
-kernels on CPU (`WINOGRAD_MIN_WEIGHTS`).
+and bfloat16 kernels on CPU (`WINOGRAD_MIN_WEIGHTS`,
+`WINOGRAD_MIN_WEIGHTS_BF16`).
 """
 
 import functools
@@ -53,8 +59,15 @@ def extended_size(size, rate):
     return -(-size // step) * step
 
 
+def _transform_dtype(dtype):
+    """Half-precision tiles add in float32 (see the module docstring)."""
+    return tf.float32 if dtype in (tf.bfloat16, tf.float16) else dtype
+
+
 def input_transform(x, rate):
-    """`(N, H, W, C)` -> `(16, N * r^2 * tiles, C)`: `B^T d B` of every tile."""
+    """`(N, H, W, C)` -> `(16, N * r^2 * tiles, C)`: `B^T d B` of every tile, in `x`'s dtype."""
+    dtype = x.dtype
+    x = tf.cast(x, _transform_dtype(dtype))
     height, width, channels = x.shape[1], x.shape[2], x.shape[3]
     eh, ew = extended_size(height, rate), extended_size(width, rate)
     x = tf.pad(x, [[0, 0], [0, eh - height], [0, ew - width], [0, 0]])
@@ -72,11 +85,14 @@ def input_transform(x, rate):
         pairs = tf.reshape(row, [-1, th, tw + 1, 2, channels])
         even, odd = pairs[:, :, :, 0], pairs[:, :, :, 1]
         tiles += _bt_combine([even[:, :, :-1], odd[:, :, :-1], even[:, :, 1:], odd[:, :, 1:]])
-    return tf.reshape(tf.stack(tiles), [16, -1, channels])
+    return tf.cast(tf.reshape(tf.stack(tiles), [16, -1, channels]), dtype)
 
 
 def output_transform(m, height, width, rate):
-    """`(16, N * r^2 * tiles, C_out)` -> `(N, H, W, C_out)`: `A^T m A`, phases merged."""
+    """`(16, N * r^2 * tiles, C_out)` -> `(N, H, W, C_out)`: `A^T m A`, phases merged,
+    in `m`'s dtype."""
+    dtype = m.dtype
+    m = tf.cast(m, _transform_dtype(dtype))
     channels = m.shape[-1]
     eh, ew = extended_size(height, rate), extended_size(width, rate)
     gh, gw = eh // rate, ew // rate
@@ -89,7 +105,7 @@ def output_transform(m, height, width, rate):
     if rate > 1:
         y = tf.reshape(y, [-1, rate, rate, gh, gw, channels])
         y = tf.reshape(tf.transpose(y, [0, 3, 1, 4, 2, 5]), [-1, eh, ew, channels])
-    return y[:, :height, :width, :]
+    return tf.cast(y[:, :height, :width, :], dtype)
 
 
 def kernel_transform(kernel):
@@ -114,8 +130,9 @@ def winograd_conv3x3(x, kernel, rate=1):
         rate: the dilation (the same along both axes).
 
     Returns:
-        `(N, H, W, C_out)`: `tf.nn.conv2d(x, kernel, 1, "SAME", dilations=rate)`
-        up to float rounding (the transforms add and halve, in `x`'s dtype).
+        `(N, H, W, C_out)` in `x`'s dtype: `tf.nn.conv2d(x, kernel, 1, "SAME",
+        dilations=rate)` up to float rounding (the transforms add and halve; in
+        float32 for half-precision `x`, rounded once to its dtype).
     """
     height, width = int(x.shape[1]), int(x.shape[2])
     rate = int(rate)
@@ -129,6 +146,6 @@ def winograd_conv3x3(x, kernel, rate=1):
     else:
         forward_in = functools.partial(input_transform, rate=rate)
         forward_out = functools.partial(output_transform, height=height, width=width, rate=rate)
-    u = kernel_transform(tf.cast(kernel, x.dtype))
+    u = tf.cast(kernel_transform(tf.cast(kernel, _transform_dtype(x.dtype))), x.dtype)
     m = tf.matmul(forward_in(x), u)
     return forward_out(m)

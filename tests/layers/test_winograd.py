@@ -55,6 +55,42 @@ def test_matches_tf_conv2d_values_and_gradients(case, mode):
         assert_close_relative(a.numpy(), b.numpy(), rtol=1e-5)
 
 
+def _rms_error(actual, expected):
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    return np.sqrt(np.mean((actual - expected) ** 2) / np.mean(expected**2))
+
+
+@pytest.mark.parametrize("rate", [1, 3])
+@pytest.mark.parametrize("mode", ["eager", "graph"])
+def test_bfloat16_rounds_about_as_much_as_the_direct_bf16_conv(rate, mode):
+    # Half-precision tiles add in float32 and round once, so against float64
+    # Winograd's bf16 error stays within a small factor of the direct bf16
+    # conv's (which rounds only its inputs and outputs), values and gradients.
+    x64 = np.maximum(random_input((2, 12, 10, 32), seed=5), 0).astype(np.float64)
+    k64 = random_input((3, 3, 32, 24), seed=6).astype(np.float64) / np.sqrt(9 * 32)
+    x, k = tf.constant(x64, tf.bfloat16), tf.constant(k64, tf.bfloat16)
+
+    def reference(x, k):
+        # Space-to-batch for rate > 1: TF's CPU bf16 backprop kernels take no dilation.
+        return tf.nn.convolution(x, k, padding="SAME", dilations=rate)
+
+    def winograd(x, k):
+        return winograd_conv3x3(x, k, rate)
+
+    if mode == "graph":
+        winograd = tf.function(winograd)
+        assert xla_calls(winograd.get_concrete_function(x, k))
+    # The float64 reference at the bf16-rounded inputs: both paths see those.
+    exact = conv_loss_and_grads(reference, tf.cast(x, tf.float64), tf.cast(k, tf.float64))
+    direct = conv_loss_and_grads(reference, x, k)
+    got = conv_loss_and_grads(winograd, x, k)
+    for name, a, b, e in zip(("values", "d/dx", "d/dk"), got, direct, exact):
+        assert a.dtype == tf.bfloat16, name
+        err, err_direct = _rms_error(a.numpy().astype(np.float64), e), _rms_error(
+            b.numpy().astype(np.float64), e)
+        assert err < 1e-2 and err < 3 * err_direct, (name, err, err_direct)
+
+
 def test_tile_geometry():
     assert [extended_size(s, r) for s, r in [(64, 1), (65, 1), (64, 12), (64, 24), (64, 36)]] == [
         64, 66, 72, 96, 72]
@@ -99,9 +135,23 @@ def test_auto_choice(monkeypatch):
     # do 4/9 of a 48x48 extension (1.0): the taps stay.
     ops, xla = _ops(conv(12), spec)
     assert not xla and "Conv2D" not in ops
-    # Not for bfloat16, 5x5 kernels, a dynamic size, eager calls or exports.
+    # bfloat16 has its own threshold; float16 never takes Winograd on CPU.
+    for dtype in (tf.bfloat16, tf.float16):
+        ops, xla = _ops(conv(1, tf.cast(k, dtype)), tf.TensorSpec((1, 32, 32, 16), dtype))
+        assert "Conv2D" in ops and not xla, dtype
+    monkeypatch.setattr(conv_module, "WINOGRAD_MIN_WEIGHTS_BF16", 16 * 16)
     ops, xla = _ops(conv(1, tf.cast(k, tf.bfloat16)), tf.TensorSpec((1, 32, 32, 16), tf.bfloat16))
-    assert not xla
+    assert "Conv2D" not in ops and "BatchMatMulV2" in ops and xla
+    ops, xla = _ops(conv(1, tf.cast(k, tf.float16)), tf.TensorSpec((1, 32, 32, 16), tf.float16))
+    assert "Conv2D" in ops and not xla
+    # On 32x32 the taps read 0.84 of the dense work at rate 4 and 0.69 at rate
+    # 8: bf16's cost per multiply-add (1.8 * 4/9 = 0.8) wins only at rate 4,
+    # float32's (1.3 * 4/9 = 0.58) at both (above).
+    for rate, expected in ((4, True), (8, False)):
+        ops, xla = _ops(conv(rate, tf.cast(k, tf.bfloat16)),
+                        tf.TensorSpec((1, 32, 32, 16), tf.bfloat16))
+        assert xla == expected, rate
+    # Not for 5x5 kernels, a dynamic size, eager calls or exports.
     ops, xla = _ops(conv(1, tf.zeros((5, 5, 16, 16))), spec)
     assert not xla
     ops, xla = _ops(conv(1), tf.TensorSpec((1, None, None, 16), tf.float32))
@@ -127,6 +177,7 @@ def test_auto_choice(monkeypatch):
 def test_auto_keeps_the_direct_conv_above_the_memory_cap(monkeypatch):
     monkeypatch.setattr(conv_module, "WINOGRAD_MIN_WEIGHTS", 1)
     assert winograd_input_bytes(1, 32, 30, 16, 1) == 16 * 16 * 15 * 16 * 4
+    assert winograd_input_bytes(1, 32, 30, 16, 1, itemsize=2) == 16 * 16 * 15 * 16 * 2
     monkeypatch.setattr(conv_module, "WINOGRAD_MAX_BYTES", winograd_input_bytes(1, 32, 32, 16, 1))
     k = tf.zeros((3, 3, 16, 16))
 
@@ -135,6 +186,15 @@ def test_auto_keeps_the_direct_conv_above_the_memory_cap(monkeypatch):
 
     assert _ops(conv, tf.TensorSpec((1, 32, 32, 16), tf.float32))[1]
     ops, xla = _ops(conv, tf.TensorSpec((2, 32, 32, 16), tf.float32))
+    assert "Conv2D" in ops and not xla
+    # bfloat16 tiles take half the bytes: twice the batch fits.
+    monkeypatch.setattr(conv_module, "WINOGRAD_MIN_WEIGHTS_BF16", 1)
+
+    def conv_bf16(x):
+        return dilated_conv2d(x, tf.cast(k, tf.bfloat16), (1, 1), "SAME")
+
+    assert _ops(conv_bf16, tf.TensorSpec((2, 32, 32, 16), tf.bfloat16))[1]
+    ops, xla = _ops(conv_bf16, tf.TensorSpec((3, 32, 32, 16), tf.bfloat16))
     assert "Conv2D" in ops and not xla
 
 
