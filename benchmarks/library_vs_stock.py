@@ -22,6 +22,10 @@ Changes:
                   `tf.nn.conv2d`, channel slices, or one matmul per tap).
     winograd_bf16 the same for bfloat16 convolutions with >= 512 x 512 weights
                   per tap (`WINOGRAD_MIN_WEIGHTS_BF16`, `WINOGRAD_COST_BF16`).
+    taps_forward_bf16
+                  bfloat16 convolutions on the taps path (large rates on small
+                  maps) run their forward as one `tf.nn.conv2d(dilations=...)`
+                  (`TAPS_DIRECT_FORWARD_DTYPES`) against one matmul per tap.
     ldv2_fold     LDv2 (impl="slices") applies its output 1x1 conv before the
                   neighbourhood sum, folded into the value projection
                   (`LDv2.folds_output_projection`), against Eq. (8) literally
@@ -69,7 +73,7 @@ import numpy as np  # noqa: E402
 
 import speed  # noqa: E402
 
-DEFAULT_CHANGES = "batchnorm,conv_slices,winograd,winograd_bf16,ldv2_fold"
+DEFAULT_CHANGES = "batchnorm,conv_slices,winograd,winograd_bf16,taps_forward_bf16,ldv2_fold"
 DEFAULT_CASES = (
     "forward:r50_backbone:fp32,forward:r50_backbone:bf16,"
     "forward:official_v1_r50:fp32,forward:official_v1_r50:bf16,"
@@ -102,6 +106,8 @@ def stock_path(change):
         return _swapped(conv, "WINOGRAD_MIN_WEIGHTS", float("inf"))
     if change == "winograd_bf16":
         return _swapped(conv, "WINOGRAD_MIN_WEIGHTS_BF16", float("inf"))
+    if change == "taps_forward_bf16":
+        return _swapped(conv, "TAPS_DIRECT_FORWARD_DTYPES", ())
     if change == "ldv2_fold":
         return _swapped(ldv2, "FOLD_OUTPUT_PROJECTION", False)
     raise SystemExit(f"unknown change {change!r}; known: {DEFAULT_CHANGES}")

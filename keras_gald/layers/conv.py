@@ -59,6 +59,16 @@ from keras_gald.layers.winograd import extended_size, winograd_conv3x3
 # conv / taps: share 0.96 (64x64, rate 2) 1148 / 1454 ms; 0.84 (2x16x16,
 # rate 2) 172 / 157 ms; 0.77 (64x64, rate 12) 1412 / 1044 ms.
 TAPS_MAX_FRACTION = 0.8
+# For these dtypes on CPU the taps path runs its forward as one
+# `tf.nn.conv2d(dilations=...)` and keeps the per-tap gradient: oneDNN's bf16
+# kernel skips the taps that read padding itself, without the per-tap window
+# copies. 3x3 on 1x64x64, bf16 forward, conv / taps: 2048 -> 256 at rate 12
+# 125 / 173 ms, rate 24 60 / 78, rate 36 43 / 51; 512 -> 512 at rate 16 36 /
+# 47 (forward + backward, the per-tap gradient wins at rates 24 and 36: 252 /
+# 287, 186 / 240 ms); float32 forward ties (2048 -> 256, rate 12 157 / 164,
+# rate 24 140 / 134). `python benchmarks/library_vs_stock.py --changes
+# taps_forward_bf16`, benchmarks/results/taps_forward_bf16_cpu.json.
+TAPS_DIRECT_FORWARD_DTYPES = (tf.bfloat16,)
 # At rate 1, kernels with at most this many (C_in x C_out) weights per tap take
 # TF's Conv2DBackpropFilter for the kernel gradient: for small matrices it beats
 # nine window matmuls (`benchmarks/speed.py --sections train_layers`).
@@ -317,7 +327,8 @@ def dilated_conv2d(inputs, kernel, dilations, padding, method="auto"):
         padding: `"SAME"` or `"VALID"`.
         method: `"conv"` (`tf.nn.conv2d(dilations=...)`), `"taps"` (one matmul
             per tap over the region it reads; `"SAME"` with static `H, W`
-            only), `"winograd"` (F(2x2, 3x3), `keras_gald.layers.winograd`;
+            only; bfloat16 on CPU runs its forward as the direct conv,
+            `TAPS_DIRECT_FORWARD_DTYPES`), `"winograd"` (F(2x2, 3x3), `keras_gald.layers.winograd`;
             3x3 `"SAME"` with equal rates and static `H, W` only) or `"auto"`
             (default): `auto_method`'s choice, Winograd only in graphs traced
             outside `portable_ops()` and outside a whole-function XLA compile
@@ -364,12 +375,21 @@ def dilated_conv2d(inputs, kernel, dilations, padding, method="auto"):
     if method == "taps":
         taps = same_padding_taps(height, width, (kh, kw), (rh, rw))
 
+        direct_forward = (
+            inputs.dtype in TAPS_DIRECT_FORWARD_DTYPES
+            and not tf.config.list_logical_devices("GPU")
+        )
+
         @tf.custom_gradient
         def conv_taps(x, k):
             def grad(dy):
                 return _taps_grad(x, k, dy, taps, height, width)
 
-            return _conv_by_taps(x, k, taps, height, width), grad
+            if direct_forward:
+                y = tf.nn.conv2d(x, k, strides=1, padding="SAME", dilations=[1, rh, rw, 1])
+            else:
+                y = _conv_by_taps(x, k, taps, height, width)
+            return y, grad
 
         return conv_taps(inputs, tf.identity(kernel))
 

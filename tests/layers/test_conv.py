@@ -142,6 +142,34 @@ def test_auto_picks_taps_only_where_most_taps_read_padding():
     assert "Conv2D" in _ops(lambda x: dilated_conv2d(x, k, (12, 12), "SAME"), dynamic)
 
 
+@pytest.mark.parametrize("direct_forward", [True, False])
+def test_bfloat16_taps_forward_by_the_direct_conv(monkeypatch, direct_forward):
+    # bfloat16 on CPU: the taps path's forward is one dilated tf.nn.conv2d,
+    # its gradient still the per-tap matmuls; both agree with float64.
+    if not direct_forward:
+        monkeypatch.setattr(conv_module, "TAPS_DIRECT_FORWARD_DTYPES", ())
+    rng = np.random.default_rng(6)
+    x64 = rng.normal(size=(2, 9, 11, 8))
+    k64 = rng.normal(size=(3, 3, 8, 6)) / np.sqrt(72)
+    x, k = tf.constant(x64, tf.bfloat16), tf.constant(k64, tf.bfloat16)
+
+    def forward(a, b):
+        return dilated_conv2d(a, b, (6, 6), "SAME", method="taps")
+
+    graph = tf.function(forward).get_concrete_function(x, k).graph
+    forward_ops = [op.type for op in graph.get_operations()]
+    assert ("Conv2D" in forward_ops) == direct_forward
+    assert ("MatMul" in forward_ops) != direct_forward
+    ours = tf.function(lambda a, b: conv_loss_and_grads(forward, a, b))(x, k)
+    exact = conv_loss_and_grads(
+        lambda a, b: tf.nn.convolution(a, b, padding="SAME", dilations=6),
+        tf.cast(x, tf.float64), tf.cast(k, tf.float64))
+    for name, a, e in zip(("values", "d/dx", "d/dk"), ours, exact):
+        assert a.dtype == tf.bfloat16, name
+        a, e = a.numpy().astype(np.float64), e.numpy()
+        assert np.abs(a - e).max() <= 2e-2 * np.abs(e).max(), name
+
+
 def test_taps_errors():
     x, k = tf.zeros((1, 9, 9, 2)), tf.zeros((3, 3, 2, 2))
     with pytest.raises(ValueError, match='needs padding="SAME"'):
