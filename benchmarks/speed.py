@@ -92,7 +92,8 @@ element-wise ops it knows, is stored as `tf_profiler_gflop` in the JSON.
 That graph is traced under `keras_gald.layers.portable_ops()`, i.e. with
 direct convolutions (the taps path's skipped padding stays skipped); the
 float32 graph as it runs does Winograd F(2x2, 3x3) for wide 3x3 convolutions,
-4/9 of their multiply-adds, and its count is `gflop_executed`. `gflop_s` and
+4/9 of their multiply-adds, and its count is `gflop_executed` (for bf16 rows
+the bf16 graph's, which takes Winograd only for wider kernels). `gflop_s` and
 `pct_conv_peak` divide `gflop`, so they are effective rates.
 PyTorch's own count (`torch.utils.flop_counter.FlopCounterMode`: convs and
 matmuls, on the "meta" device) is stored as `torch_gflop` to check the two
@@ -701,6 +702,19 @@ def measure_forward(args, torch, torch_ref, results):
                     _inference_fn(model_for("fp32")).get_concrete_function(images))
             flops["gflop_executed"] = count_flops(
                 _inference_fn(model_for("fp32")).get_concrete_function(images))["gflop"]
+            if "bf16" in args.modes:
+                # bf16 takes Winograd only for wider kernels. Its taps-path
+                # convs run as dense dilated Conv2D ops whose oneDNN kernel
+                # skips the padding taps, so they are counted as the taps.
+                from keras_gald.layers import conv as conv_module
+
+                saved = conv_module.TAPS_DIRECT_FORWARD_DTYPES
+                conv_module.TAPS_DIRECT_FORWARD_DTYPES = ()
+                try:
+                    flops["gflop_executed_bf16"] = count_flops(
+                        _inference_fn(model_for("bf16")).get_concrete_function(images))["gflop"]
+                finally:
+                    conv_module.TAPS_DIRECT_FORWARD_DTYPES = saved
             if name not in results.get("params", {}):
                 torch_model = torch_job["model"] if torch_job is not None else None
                 _record_params(results, name, model_for("fp32"), torch_model, torch_ref)
@@ -731,8 +745,9 @@ def _add_flops(row, flops, results):
     row["gflop"] = flops["gflop"]
     row["gflop_by_op"] = flops["by_op"]
     row["tf_profiler_gflop"] = flops["tf_profiler_gflop"]
-    if "gflop_executed" in flops:
-        row["gflop_executed"] = flops["gflop_executed"]
+    executed = "gflop_executed_bf16" if row.get("mode") == "bf16" else "gflop_executed"
+    if executed in flops:
+        row["gflop_executed"] = flops[executed]
     if flops["uncounted"]:
         row["flops_uncounted_ops"] = flops["uncounted"][:20]
     if "ms" in row:
@@ -904,7 +919,6 @@ def _labels(rng, batch, height, width):
 
 
 def measure_train(args, torch, torch_ref, results):
-    import keras
     import tensorflow as tf
 
     from keras_gald.losses import SegmentationCrossEntropy
@@ -1715,8 +1729,10 @@ def main(argv=None):
             "flops": "dense ops (Conv2D, DepthwiseConv2dNative, MatMul, BatchMatMul, Einsum; 2 "
                      "FLOPs per multiply-add) of the traced fp32 inference graph with static "
                      "shapes, direct convolutions (traced under portable_ops()); "
-                     "gflop_executed: the same for the graph as run (Winograd F(2x2,3x3) "
-                     "convolutions do 4/9 of the multiply-adds); tf_profiler_gflop: TF profiler float ops of the same graph "
+                     "gflop_executed: the same for the graph of the row's mode as run "
+                     "(Winograd F(2x2,3x3) convolutions do 4/9 of the multiply-adds; "
+                     "bf16 rows: the bf16 graph, its taps-path convs counted as taps); "
+                     "tf_profiler_gflop: TF profiler float ops of the same graph "
                      "(adds element-wise ops); torch_gflop: torch FlopCounterMode",
             "pct_conv_peak": "achieved GFLOP/s / TF conv3x3 256->256 GFLOP/s of the same dtype "
                              "(fp32 for fp32, fp32_xla and torch rows) measured in this run",
