@@ -64,9 +64,10 @@ TAPS_MAX_FRACTION = 0.8
 # kernel skips the taps that read padding itself, without the per-tap window
 # copies. 3x3 on 1x64x64, bf16 forward, conv / taps: 2048 -> 256 at rate 12
 # 125 / 173 ms, rate 24 60 / 78, rate 36 43 / 51; 512 -> 512 at rate 16 36 /
-# 47 (forward + backward, the per-tap gradient wins at rates 24 and 36: 252 /
-# 287, 186 / 240 ms); float32 forward ties (2048 -> 256, rate 12 157 / 164,
-# rate 24 140 / 134). `python benchmarks/library_vs_stock.py --changes
+# 47; forward + backward, the per-tap gradient wins at rates 24 and 36 (conv
+# 287 / 240 ms, taps 252 / 186); float32 forward ties (2048 -> 256, rate 12
+# 157 / 164, rate 24 140 / 134) (benchmarks/results/taps_vs_conv_cpu.json).
+# The change in turns: `python benchmarks/library_vs_stock.py --changes
 # taps_forward_bf16`, benchmarks/results/taps_forward_bf16_cpu.json.
 TAPS_DIRECT_FORWARD_DTYPES = (tf.bfloat16,)
 # At rate 1, kernels with at most this many (C_in x C_out) weights per tap take
@@ -121,11 +122,11 @@ WINOGRAD_MIN_PIXELS = 512
 # (in float32 inside, bf16 out), so Winograd needs wider kernels and a larger
 # saving to win. Against the path taken without it, forward / forward +
 # backward, 2-core AVX-512 CPU (`python benchmarks/library_vs_stock.py
-# --changes winograd_bf16`, benchmarks/results/winograd_bf16_cpu.json; an
-# earlier ad hoc run gave 0.82 / 0.59 and 0.87 / 0.73 for the first two):
-# 2304 -> 512 on 1x64x64, 512 -> 512 at rate 4 win; 1024 -> 256 (the aux
-# head) ties forward and wins in training; forced below these thresholds,
-# 256 -> 256 at rate 2 and 2048 -> 256 at rate 12 lose.
+# --changes winograd_bf16`, benchmarks/results/winograd_bf16_cpu.json):
+# 2304 -> 512 on 1x64x64 0.78 / 0.57; 512 -> 512 at rate 4 0.83 / 0.71, at
+# rate 8 0.91 / 0.68; 1024 -> 256 (the aux head) 1.00 / 0.72; forced below
+# these thresholds, 256 -> 256 at rate 2 1.39 and 2048 -> 256 at rate 12
+# (vs taps) 1.18 forward.
 WINOGRAD_MIN_WEIGHTS_BF16 = 512 * 512
 WINOGRAD_COST_BF16 = 1.8
 _METHODS = ("auto", "conv", "taps", "winograd")
