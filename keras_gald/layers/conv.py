@@ -67,6 +67,9 @@ TAPS_MAX_FRACTION = 0.8
 # 47; forward + backward, the per-tap gradient wins at rates 24 and 36 (conv
 # 287 / 240 ms, taps 252 / 186); float32 forward ties (2048 -> 256, rate 12
 # 157 / 164, rate 24 140 / 134) (benchmarks/results/taps_vs_conv_cpu.json).
+# Where only the centre tap reads the image, the taps path stays whole: on
+# 2x16x16 at rate 16, 512 -> 512, the direct forward took 5.1 ms against 3.4
+# (benchmarks/results/taps_forward_bf16_small_maps_cpu.json, before it).
 # The change in turns: `python benchmarks/library_vs_stock.py --changes
 # taps_forward_bf16`, benchmarks/results/taps_forward_bf16_cpu.json.
 TAPS_DIRECT_FORWARD_DTYPES = (tf.bfloat16,)
@@ -376,8 +379,10 @@ def dilated_conv2d(inputs, kernel, dilations, padding, method="auto"):
     if method == "taps":
         taps = same_padding_taps(height, width, (kh, kw), (rh, rw))
 
+        # A lone centre tap is one matmul over the whole map, no window copy.
         direct_forward = (
             inputs.dtype in TAPS_DIRECT_FORWARD_DTYPES
+            and len(taps) > 1
             and not tf.config.list_logical_devices("GPU")
         )
 

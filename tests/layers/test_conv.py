@@ -160,6 +160,10 @@ def test_bfloat16_taps_forward_by_the_direct_conv(monkeypatch, direct_forward):
     forward_ops = [op.type for op in graph.get_operations()]
     assert ("Conv2D" in forward_ops) == direct_forward
     assert ("MatMul" in forward_ops) != direct_forward
+    # Only the centre tap reads a 9x11 map at rate 12: one matmul, no direct conv.
+    centre_only = tf.function(lambda a, b: dilated_conv2d(a, b, (12, 12), "SAME", method="taps"))
+    assert "Conv2D" not in [op.type for op in
+                            centre_only.get_concrete_function(x, k).graph.get_operations()]
     ours = tf.function(lambda a, b: conv_loss_and_grads(forward, a, b))(x, k)
     exact = conv_loss_and_grads(
         lambda a, b: tf.nn.convolution(a, b, padding="SAME", dilations=6),
