@@ -40,7 +40,7 @@ branch on a 64x64 map, the heads' 3x3 convs) run by Winograd F(2x2, 3x3)
 (`keras_gald.layers.winograd`): 4/9 of the multiply-adds, as 16 batched
 matmuls between tile transforms, in graphs traced outside `portable_ops()`.
 bfloat16 ones do so from `WINOGRAD_MIN_WEIGHTS_BF16` (512 x 512: the heads'
-3x3 convs, the first two stage-4 convs at output stride 8), at about 2.6x
+3x3 convs, the rate-4 stage-4 conv at output stride 8), at about 2.6x
 the direct bf16 conv's rounding error (tests/layers/test_winograd.py); set
 that constant to `float("inf")` before tracing to keep them direct.
 """
