@@ -28,6 +28,8 @@ rate 36 the eight outer taps overlap the image on 28 of 64 rows or columns.
 reads the image (forward and both gradients), skipping the zeros exactly;
 at 64x64, 2048 -> 256 channels on a 2-core CPU, forward: 267 -> 120 ms at
 rate 36, 273 -> 235 ms at rate 12 (`benchmarks/speed.py --sections dilated_conv`).
+In bfloat16 on CPU only the gradients do so: oneDNN's bf16 kernel skips those
+taps itself, so the forward stays one dilated conv (`TAPS_DIRECT_FORWARD_DTYPES`).
 
 On CPU, wide float32 kernels (>= `SLICE_MIN_CHANNELS` input or output
 channels, e.g. the heads' 3x3 2048 -> 512 convs) run as convolutions over
