@@ -124,16 +124,14 @@ def parse_case(text):
             if int(parts[2]) < 1 or len(shape) != 5 or parts[3] not in ("forward", "train"):
                 raise ValueError
             extra = parts[4:]
-            if extra and extra[0] in _CONV_METHODS:
-                extra = extra[1:]
-            if extra and extra[0] in ("fp32", "bf16"):
-                extra = extra[1:]
+            method = extra.pop(0) if extra and extra[0] in _CONV_METHODS else "auto"
+            mode = extra.pop(0) if extra and extra[0] in ("fp32", "bf16") else "fp32"
             if extra:
                 raise ValueError
         except (IndexError, ValueError):
             raise SystemExit(f"bad case {text!r}: expected conv:NxHxWxCinxCout:<rate>:"
                              "forward|train[:auto|conv|taps|winograd][:fp32|bf16]")
-        return parts
+        return parts[:4] + [method, mode]
     if parts[0] == "ldv2":
         try:
             shape = tuple(int(v) for v in parts[1].split("x"))
@@ -223,10 +221,9 @@ def build_ldv2_call(shape, kind):
 def run_case(args, change, case):
     parts = parse_case(case)
     if parts[0] == "conv":
-        _, shape, rate, kind, *extra = parts
+        _, shape, rate, kind, forced, mode = parts
         shape, rate = tuple(int(v) for v in shape.split("x")), int(rate)
-        forced = extra.pop(0) if extra and extra[0] in _CONV_METHODS else "auto"
-        config, mode, settle = parts[1], (extra or ["fp32"])[0], 0
+        config, settle = parts[1], 0
         build_ours = lambda: build_conv_call(shape, rate, kind, forced, mode)  # noqa: E731
         build_stock = lambda: build_conv_call(shape, rate, kind, "auto", mode)  # noqa: E731
     elif parts[0] == "ldv2":

@@ -50,7 +50,7 @@ that constant to `float("inf")` before tracing to keep them direct.
 import keras
 import tensorflow as tf
 
-from keras_gald.layers.portable import inside_xla_cluster, may_use_xla
+from keras_gald.layers.portable import gpu_visible, inside_xla_cluster, may_use_xla
 from keras_gald.layers.sequencing import after
 from keras_gald.layers.winograd import extended_size, winograd_conv3x3
 
@@ -286,7 +286,7 @@ def _shifted_kernel_grad(x_pad, dy, kernel_size, dilations):
 
 def _sliced_channels(kernel):
     """The kernel axis (2: input, 3: output channels) `conv2d_sliced` splits, or None."""
-    if kernel.dtype != tf.float32 or tf.config.list_logical_devices("GPU"):
+    if kernel.dtype != tf.float32 or gpu_visible():
         return None
     c_in, c_out = int(kernel.shape[2]), int(kernel.shape[3])
     if max(c_in, c_out) < SLICE_MIN_CHANNELS or (kernel.shape[0], kernel.shape[1]) == (1, 1):
@@ -372,7 +372,7 @@ def dilated_conv2d(inputs, kernel, dilations, padding, method="auto"):
         winograd_allowed = (
             may_use_xla()
             and not inside_xla_cluster()
-            and not tf.config.list_logical_devices("GPU")
+            and not gpu_visible()
         )
         method = auto_method(height, width, kernel.shape, (rh, rw), padding, inputs.dtype,
                              winograd_allowed, inputs.shape[0] or 1)
@@ -385,7 +385,7 @@ def dilated_conv2d(inputs, kernel, dilations, padding, method="auto"):
         direct_forward = (
             inputs.dtype in TAPS_DIRECT_FORWARD_DTYPES
             and len(taps) > 1
-            and not tf.config.list_logical_devices("GPU")
+            and not gpu_visible()
         )
 
         @tf.custom_gradient

@@ -10,6 +10,8 @@ under a `tf.distribute` strategy, via `SyncBatchNormalization`.
 import keras
 import tensorflow as tf
 
+from keras_gald.layers.portable import gpu_visible
+
 BN_EPSILON = 1e-5
 BN_MOMENTUM = 0.9
 
@@ -64,7 +66,7 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         # inside), which saves a cast in and out of every BN. bfloat16 is
         # only known to run on TF's CPU kernels: with a GPU visible it is cast.
         dtype = tf.as_dtype(self.compute_dtype)
-        if dtype == tf.bfloat16 and tf.config.list_logical_devices("GPU"):
+        if dtype == tf.bfloat16 and gpu_visible():
             return tf.float32
         return dtype
 

@@ -49,3 +49,9 @@ def inside_xla_cluster():
     (`tf.function(jit_compile=True)`, `model.compile(jit_compile=True)`, or a
     function nested in one): XLA compiles every op there itself."""
     return control_flow_util.GraphOrParentsInXlaContext(tf_ops.get_default_graph())
+
+
+def gpu_visible():
+    """True when TF sees a GPU: the CPU-measured fast paths (Winograd, channel
+    slices, the bf16 taps forward, bf16 straight into BatchNorm) step aside."""
+    return bool(tf.config.list_logical_devices("GPU"))
