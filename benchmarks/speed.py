@@ -327,6 +327,13 @@ def machine_info(threads, torch_mod):
         "tf_devices": [d.name for d in tf.config.list_logical_devices()],
         "threads": threads,
     }
+    # What the library's CPU dispatch reads (keras_gald.ops.machine), printed as
+    # the header of every benchmark: results differ between AVX2 and AVX-512
+    # CPUs and with oneDNN on or off.
+    from keras_gald.ops import machine
+
+    info["keras_gald_machine"] = machine().to_dict()
+    log(f"machine: {machine().describe()}; flags: {' '.join(interesting)}")
     if torch_mod is not None:
         info["torch"] = torch_mod.__version__
         info["torch_threads"] = torch_mod.get_num_threads()

@@ -1,6 +1,6 @@
 """keras_gald: GALD scene parsing networks for Keras 3 / TensorFlow.
 
-Subpackages: `layers` (GA and LD blocks), `backbones` (dilated ResNets),
+Subpackages: `ops` (kernels and machine detection), `layers` (GA and LD blocks), `backbones` (dilated ResNets),
 `models` (the GALD factory), `data` (tf.data pipelines), `losses`, `metrics`,
 `optimizers`, `inference`, `export`, `convert`.
 """
@@ -17,6 +17,7 @@ from keras_gald import (
     losses,
     metrics,
     models,
+    ops,
     optimizers,
     visualize,
 )

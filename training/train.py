@@ -397,6 +397,12 @@ def train(config, strategy, strategy_desc, is_chief, worker_index, on_gpu):
     keras.mixed_precision.set_global_policy(config.dtype)  # floatx alone may not reach it
     if config.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16" if on_gpu else "mixed_bfloat16")
+        from keras_gald.ops import bf16_is_slow
+
+        slow = None if on_gpu else bf16_is_slow()
+        if slow and is_chief:
+            print(f"keras-gald train: warning: --mixed-precision: {slow}; drop the flag to "
+                  "train in float32 (see benchmarks/README.md)", file=sys.stderr, flush=True)
     if config.batch_size % replicas:
         raise ValueError(f"batch_size {config.batch_size} is not divisible by {replicas} replicas")
 

@@ -40,6 +40,55 @@ def conv_loss_and_grads(fn, x, k):
     return [y, *tape.gradient(loss, [x, k])]
 
 
+def numpy_conv2d_same(x, k, rate=1):
+    """Float64 NumPy stride-1 "SAME" conv at dilation `rate` (odd square kernel): the sum
+    over taps of shifted input windows times the tap's `(C_in, C_out)` matrix. A
+    reference that exists on every CPU (TF's own CPU backprop kernels take no
+    dilation unless oneDNN is on)."""
+    x, k = np.asarray(x, np.float64), np.asarray(k, np.float64)
+    size = k.shape[0]
+    pad = rate * (size // 2)
+    h, w = x.shape[1:3]
+    xp = np.pad(x, [(0, 0), (pad, pad), (pad, pad), (0, 0)])
+    y = np.zeros(x.shape[:3] + (k.shape[3],))
+    for i in range(size):
+        for j in range(size):
+            y += xp[:, i * rate:i * rate + h, j * rate:j * rate + w] @ k[i, j]
+    return y
+
+
+def numpy_conv_loss_and_grads(x, k, rate=1):
+    """Float64 `[y, d/dx, d/dk]` of `sum(y * sin(y))` for `numpy_conv2d_same` (the same
+    loss as `conv_loss_and_grads`), the gradients written out: the input gradient
+    scatters `dy @ k[tap]^T` back through each tap's shift, the kernel gradient of a
+    tap is its input window's `x^T dy`."""
+    x, k = np.asarray(x, np.float64), np.asarray(k, np.float64)
+    size = k.shape[0]
+    pad = rate * (size // 2)
+    h, w = x.shape[1:3]
+    y = numpy_conv2d_same(x, k, rate)
+    dy = np.sin(y) + y * np.cos(y)
+    xp = np.pad(x, [(0, 0), (pad, pad), (pad, pad), (0, 0)])
+    dxp = np.zeros_like(xp)
+    dk = np.zeros_like(k)
+    for i in range(size):
+        for j in range(size):
+            window = (slice(None), slice(i * rate, i * rate + h), slice(j * rate, j * rate + w))
+            dxp[window] += dy @ k[i, j].T
+            dk[i, j] = np.einsum("nhwc,nhwd->cd", xp[window], dy)
+    return [y, dxp[:, pad:pad + h, pad:pad + w], dk]
+
+
+def bf16_matmul_error(a, b):
+    """Relative rms error of this machine's bfloat16 `tf.matmul(a, b)` against float64
+    at the same bf16-rounded inputs: how much the CPU's own bf16 kernels round (oneDNN
+    rounds once, TF's Eigen kernels more)."""
+    a, b = tf.constant(a, tf.bfloat16), tf.constant(b, tf.bfloat16)
+    exact = tf.matmul(tf.cast(a, tf.float64), tf.cast(b, tf.float64)).numpy()
+    got = tf.cast(tf.matmul(a, b), tf.float64).numpy()
+    return float(np.sqrt(np.mean((got - exact) ** 2) / np.mean(exact**2)))
+
+
 # ----------------------------------------------------------------------- weights
 def randomize_weights(layer, seed=0):
     """Assigns random values to every weight (positive for scales/variances)."""

@@ -1,4 +1,4 @@
-"""Winograd F(2x2, 3x3): values and gradients against tf.nn.conv2d, the choice
+"""Winograd F(2x2, 3x3): values and gradients against a float64 conv, the choice
 `dilated_conv2d(method="auto")` makes, and the plain-TF paths it leaves alone."""
 
 import keras
@@ -16,7 +16,13 @@ from keras_gald.layers.conv import (
 )
 from keras_gald.layers.winograd import extended_size, winograd_conv3x3
 from tests.conftest import assert_close_relative
-from tests.layers._helpers import conv_loss_and_grads, random_input, xla_calls
+from tests.layers._helpers import (
+    bf16_matmul_error,
+    conv_loss_and_grads,
+    numpy_conv_loss_and_grads,
+    random_input,
+    xla_calls,
+)
 
 
 # (N, H, W, C_in, C_out, rate): even and odd sizes, maps not a multiple of 2r
@@ -33,13 +39,13 @@ _CASES = [
 
 @pytest.mark.parametrize("case", _CASES)
 @pytest.mark.parametrize("mode", ["eager", "graph", "xla"])
-def test_matches_tf_conv2d_values_and_gradients(case, mode):
+def test_matches_float64_conv_values_and_gradients(case, mode):
+    # The reference is float64 NumPy, not tf.nn.conv2d(dilations=r): TF's CPU
+    # backprop kernels take dilations only when oneDNN is on (AVX-512-class CPUs
+    # by default), so a TF reference would pass or fail with the machine.
     n, h, w, c_in, c_out, rate = case
     x = tf.constant(random_input((n, h, w, c_in), seed=1))
     k = tf.constant(random_input((3, 3, c_in, c_out), seed=2))
-
-    def reference(x, k):
-        return tf.nn.conv2d(x, k, 1, "SAME", dilations=rate)
 
     def winograd(x, k):
         return winograd_conv3x3(x, k, rate)
@@ -48,11 +54,11 @@ def test_matches_tf_conv2d_values_and_gradients(case, mode):
         winograd = tf.function(winograd, jit_compile=mode == "xla")
         if mode == "graph":  # the transforms are XLA-compiled calls inside the graph
             assert xla_calls(winograd.get_concrete_function(x, k))
-    expected = conv_loss_and_grads(reference, x, k)
+    expected = numpy_conv_loss_and_grads(x.numpy(), k.numpy(), rate)
     got = conv_loss_and_grads(winograd, x, k)
     for a, b in zip(got, expected):
         assert a.shape == b.shape
-        assert_close_relative(a.numpy(), b.numpy(), rtol=1e-5)
+        assert_close_relative(a.numpy(), b, rtol=1e-5)
 
 
 def _rms_error(actual, expected):
@@ -62,15 +68,22 @@ def _rms_error(actual, expected):
 
 @pytest.mark.parametrize("rate", [1, 3])
 @pytest.mark.parametrize("mode", ["eager", "graph"])
-def test_bfloat16_rounds_about_as_much_as_the_direct_bf16_conv(rate, mode):
-    # Half-precision tiles add in float32 and round once, so against float64
-    # Winograd's bf16 error stays within a small factor of the direct bf16
-    # conv's (which rounds only its inputs and outputs), values and gradients.
+def test_bfloat16_rounds_about_as_much_as_the_machines_bf16_kernels(rate, mode):
+    # How much a bf16 conv rounds depends on the CPU: oneDNN's kernels round once,
+    # TF's Eigen kernels (oneDNN off: AVX2-only CPUs by default) round partial
+    # sums too. So the bound is measured here, on this machine: Winograd rounds
+    # three tensors of about the output's scale to bf16 (the input tiles, the
+    # transformed kernel, the matmul results; the transforms add in float32)
+    # where the direct conv rounds one, and its matmuls round as this machine's
+    # bf16 matmul does. Errors adding linearly in the worst case, it stays below
+    # 3x the larger of the direct bf16 conv's and the bf16 matmul's own error
+    # against float64. With the transforms adding in bf16 it fails where oneDNN
+    # is on (checked); Eigen's bf16 kernels round too coarsely to tell.
     x64 = np.maximum(random_input((2, 12, 10, 32), seed=5), 0).astype(np.float64)
     k64 = random_input((3, 3, 32, 24), seed=6).astype(np.float64) / np.sqrt(9 * 32)
     x, k = tf.constant(x64, tf.bfloat16), tf.constant(k64, tf.bfloat16)
 
-    def reference(x, k):
+    def direct(x, k):
         # Space-to-batch for rate > 1: TF's CPU bf16 backprop kernels take no dilation.
         return tf.nn.convolution(x, k, padding="SAME", dilations=rate)
 
@@ -81,14 +94,16 @@ def test_bfloat16_rounds_about_as_much_as_the_direct_bf16_conv(rate, mode):
         winograd = tf.function(winograd)
         assert xla_calls(winograd.get_concrete_function(x, k))
     # The float64 reference at the bf16-rounded inputs: both paths see those.
-    exact = conv_loss_and_grads(reference, tf.cast(x, tf.float64), tf.cast(k, tf.float64))
-    direct = conv_loss_and_grads(reference, x, k)
+    x_rounded = tf.cast(x, tf.float64).numpy()
+    exact = numpy_conv_loss_and_grads(x_rounded, tf.cast(k, tf.float64).numpy(), rate)
+    err_matmul = bf16_matmul_error(x_rounded.reshape(-1, 32), k64[1, 1])
+    reference = conv_loss_and_grads(direct, x, k)
     got = conv_loss_and_grads(winograd, x, k)
-    for name, a, b, e in zip(("values", "d/dx", "d/dk"), got, direct, exact):
+    for name, a, b, e in zip(("values", "d/dx", "d/dk"), got, reference, exact):
         assert a.dtype == tf.bfloat16, name
-        err, err_direct = _rms_error(a.numpy().astype(np.float64), e), _rms_error(
-            b.numpy().astype(np.float64), e)
-        assert err < 1e-2 and err < 3 * err_direct, (name, err, err_direct)
+        err = _rms_error(a.numpy().astype(np.float64), e)
+        err_direct = _rms_error(b.numpy().astype(np.float64), e)
+        assert err < 3 * max(err_direct, err_matmul), (name, err, err_direct, err_matmul)
 
 
 def test_tile_geometry():
