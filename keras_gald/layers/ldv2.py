@@ -83,8 +83,10 @@ def _corr(a, b, offsets, pad):
 
     The channel sum is a matmul with a ones column rather than `reduce_sum`:
     XLA:CPU fuses a minor-axis reduce into the `k^2`-way stack as a scalar
-    loop (98 ms vs 7 ms for 64x64x256, k=5); plain TF graphs pay ~1.7x on this
-    op instead (18 vs 31 ms), a small share of the layer.
+    loop, which is far slower than the matmul; plain TF graphs (jit_slices=False,
+    exports) pay a little on this op instead, a small share of the layer. The
+    layer's timings: `python benchmarks/speed.py --sections ldv2_block` and
+    `python benchmarks/ldv2_impl.py` (see benchmarks/README.md).
     """
     shape = tf.shape(a)
     height, width, depth = shape[1], shape[2], a.shape[-1]
@@ -147,9 +149,10 @@ def _primitives(offsets, pad, jit):
 
     Why: TF's graph executor runs the `k^2` slice-multiply-sum steps as ~4 k^2
     separate kernels, each a pass over a feature-sized tensor; XLA fuses each
-    primitive into a few loops. The whole default block at 64x64, X_g 256 +
-    X_l 256, on a 2-core CPU: forward 78 -> 60 ms, forward + backward 302 ->
-    182 ms (`benchmarks/speed.py --sections ldv2_block`). Eager calls stay plain (no
+    primitive into a few loops, which makes the block faster forward and
+    backward on CPU (`python benchmarks/speed.py --sections ldv2_block` times
+    `jit_slices=True` against `False`; results in
+    benchmarks/results/ldv2_block_memory_avx512.json). Eager calls stay plain (no
     per-shape compile for small interactive calls), and inside an outer XLA
     cluster the call is simply inlined.
     """
@@ -360,8 +363,9 @@ class LDv2(keras.layers.Layer):
         self._pad = (self.kernel_size - 1) // 2 * self.dilation_rate
 
         # Query / key / value: W_theta, W_phi, W_g of Eq. (8).
-        # DilatedConv2D: at 1x1 the forward of keras.layers.Conv2D with a
-        # matmul gradient (faster than TF's CPU backprop kernels); same weights.
+        # DilatedConv2D: at 1x1 the forward of keras.layers.Conv2D with its two
+        # gradients as two matmuls instead of TF's CPU backprop kernels (see
+        # `python benchmarks/speed.py --sections train_layers`); same weights.
         self.query_conv = DilatedConv2D(
             self.key_channels, 1, name="query_conv", dtype=self.dtype_policy
         )

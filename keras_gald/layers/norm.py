@@ -32,11 +32,11 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     (float32 statistics inside), where Keras' path casts a bfloat16 input to
     float32, multiplies, adds and casts back, and one that oneDNN fuses with
     the following ReLU. Half-precision inputs go to the kernel as they are
-    (no cast in and out). Against Keras' layer, in turns on a 2-core AVX-512
-    CPU (`python benchmarks/library_vs_stock.py --changes batchnorm`, benchmarks/results/
-    batchnorm_cpu.json): R50 OS8 backbone forward at 512x512, bf16 728 ->
-    623 ms, fp32 1251 -> 1181 ms; the authors' v1 R50 training step at
-    2x128x128, bf16 1067 -> 782 ms, fp32 1459 -> 1311 ms.
+    (no cast in and out). Why this path exists: under `mixed_bfloat16` the
+    casts and element-wise ops of Keras' BatchNorm were a large share of the
+    non-convolution time on CPU. The A/B against Keras' layer is
+    `python benchmarks/library_vs_stock.py --changes batchnorm` (results:
+    benchmarks/results/batchnorm_cpu.json, tables in benchmarks/README.md).
 
     Masks, renorm and inputs that are not `(N, H, W, C)` normalised over
     `N, H, W` take Keras' own path, and so do float64 inputs (the kernel

@@ -52,6 +52,8 @@ def inside_xla_cluster():
 
 
 def gpu_visible():
-    """True when TF sees a GPU: the CPU-measured fast paths (Winograd, channel
-    slices, the bf16 taps forward, bf16 straight into BatchNorm) step aside."""
+    """True when TF sees a GPU: the fast paths chosen by CPU measurements
+    (Winograd, channel slices, the bf16 taps forward, bf16 straight into
+    BatchNorm; `benchmarks/library_vs_stock.py`) step aside, since they were
+    never measured on a GPU."""
     return bool(tf.config.list_logical_devices("GPU"))

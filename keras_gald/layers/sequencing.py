@@ -11,9 +11,11 @@ def after(tensor):
     Loops that build `k^2` feature-sized products and sum or matmul them one by one
     (LDv2's shifted slices, the dilated conv's kernel gradient) have no data
     dependency between iterations, so TF's graph executor (without XLA) may run
-    many products at once and hold them all: measured for LDv2 on a 128x256 map,
-    forward peak 1987 MiB -> 567 MiB once ordered (`benchmarks/speed.py --sections
-    memory`). Eager execution and XLA order the loop themselves; tf2onnx drops
+    many products at once and hold them all, which multiplies the peak memory of
+    LDv2 and of the dilated conv's kernel gradient on large maps. The peak is
+    measured by `python benchmarks/speed.py --sections memory` (results in
+    benchmarks/results/speed_r50_cpu.json and ldv2_block_memory_avx512.json).
+    Eager execution and XLA order the loop themselves; tf2onnx drops
     control edges.
 
     Args:

@@ -36,7 +36,9 @@ def _check_choice(what, value, choices):
 
 
 def _conv_bn_relu(x, filters, kernel_size, name, sync_bn):
-    # DilatedConv2D at rate 1: plain conv forward, faster hand-written gradient.
+    # DilatedConv2D at rate 1: plain conv forward, hand-written gradient, which
+    # beats TF's CPU backprop kernels in training (`python benchmarks/speed.py
+    # --sections train_layers,dilated_conv`, see benchmarks/README.md).
     x = DilatedConv2D(
         filters, kernel_size, padding="same", use_bias=False, name=f"{name}_conv"
     )(x)

@@ -83,8 +83,9 @@ def _torch_default_kernel_init():
 
 def _conv(filters, kernel_size, name, use_bias):
     # Stride 1 and odd kernels: "same" pads symmetrically, like PyTorch's
-    # padding=(k-1)/2. DilatedConv2D at rate 1: plain conv forward, faster
-    # hand-written gradient.
+    # padding=(k-1)/2. DilatedConv2D at rate 1: plain conv forward, hand-written
+    # gradient, which beats TF's CPU backprop kernels in training
+    # (`python benchmarks/speed.py --sections train_layers,dilated_conv`).
     return DilatedConv2D(
         filters,
         kernel_size,
