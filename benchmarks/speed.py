@@ -11,7 +11,8 @@ separately as `first_ms`):
 2. `forward`: latency of one image (batch 1, 512x512 by default) for each
    configuration (`--configs`) and mode (`--modes`): `fp32` (`tf.function`),
    `fp32_xla` (`tf.function(jit_compile=True)`), `bf16` (Keras policy
-   `mixed_bfloat16`, set before building; logits stay float32). Each row
+   `mixed_bfloat16`, set before building; logits stay float32), `fp16`
+   (`mixed_float16`, for GPUs; no PyTorch twin). Each row
    gives the FLOPs of one forward pass, achieved GFLOP/s and its share of the
    conv peak of the same dtype measured in step 1. Backbone-only rows
    (`*_backbone`) show how close the convolutions get to that peak.
@@ -144,7 +145,10 @@ import numpy as np  # noqa: E402
 
 NUM_CLASSES = 19
 IGNORE_INDEX = 255
-MODES = ("fp32", "fp32_xla", "bf16")
+MODES = ("fp32", "fp32_xla", "bf16", "fp16")
+# Keras dtype policy of each mode (fp16: mixed_float16, for GPUs).
+POLICIES = {"fp32": "float32", "fp32_xla": "float32", "bf16": "mixed_bfloat16",
+            "fp16": "mixed_float16"}
 SECTIONS = ("peak", "forward", "ld_turns", "train", "train_layers", "optimizer", "ldv2_block",
             "dilated_conv", "memory")
 # The PyTorch twins a Keras mode is timed in turns with (the first is the
@@ -358,7 +362,7 @@ def import_torch():
 def set_policy(mode):
     import keras
 
-    keras.mixed_precision.set_global_policy("mixed_bfloat16" if mode == "bf16" else "float32")
+    keras.mixed_precision.set_global_policy(POLICIES[mode])
 
 
 def fresh_session():
@@ -683,7 +687,7 @@ def measure_forward(args, torch, torch_ref, results):
             log(f"[forward] {name} {mode} {height}x{width} ...")
             row = dict(config=name, mode=mode, input=f"1x{height}x{width}")
             try:
-                fn = _inference_fn(model_for("bf16" if mode == "bf16" else "fp32"),
+                fn = _inference_fn(model_for(mode if mode in ("bf16", "fp16") else "fp32"),
                                    jit=mode == "fp32_xla")
 
                 def keras_call(fn=fn):
@@ -841,7 +845,7 @@ def attach_torch_ratios(rows, name, size):
     for row in same:
         if row["mode"] not in MODES:
             continue
-        twins = TORCH_TWINS["bf16" if row["mode"] == "bf16" else "fp32"]
+        twins = TORCH_TWINS.get("fp32" if row["mode"] == "fp32_xla" else row["mode"], ())
         for torch_mode, ms_key, ratio_key in (
             (twins[0], "torch_eager_ms", "keras_over_torch"),
             ("torch_compile", "torch_compile_ms", "keras_over_torch_compile"),
