@@ -5,6 +5,8 @@ Usage:
     python -m training.train --config camvid --data-dir /data/camvid --steps 400
     python -m training.train --config cityscapes --data-dir /data/cityscapes --devices 8
     python -m training.train --config default --set backbone=resnet_tiny --set lr=0.02
+    python -m training.train --dataset folder --data-dir my_data [--val-fraction 0.2]
+    python -m training.train --config runs/folder/config.json --run-dir runs/again
 
 Everything lives in `training.config.TrainConfig`; `--set key=value` overrides any
 field and the common flags below are shortcuts. The run directory holds:
@@ -46,7 +48,13 @@ from training import strategy as strategy_lib  # noqa: E402
 
 def build_parser():
     p = argparse.ArgumentParser(prog="keras-gald train", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", default="default", help=f"preset: {', '.join(presets.names())}")
+    p.add_argument("--config", default=None,
+                   help=f"preset ({', '.join(presets.names())}; default: the --dataset's preset "
+                        "if there is one, else default) or a run's saved config.json")
+    p.add_argument("--dataset", help=f"dataset: {', '.join(config_lib.DATASETS)}")
+    p.add_argument("--val-fraction", type=float,
+                   help="folder dataset with one images/ pool: validation share (e.g. 0.2)")
+    p.add_argument("--classes", help="folder dataset: class names a,b,c (default D/classes.txt)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any TrainConfig field (repeatable)")
     p.add_argument("--data-dir")
@@ -75,6 +83,7 @@ def config_from_args(args):
         key, value = item.split("=", 1)
         overrides[key.strip()] = value
     flags = {
+        "dataset": args.dataset, "val_fraction": args.val_fraction, "classes": args.classes,
         "data_dir": args.data_dir, "run_dir": args.run_dir, "steps": args.steps,
         "batch_size": args.batch_size, "lr": args.lr, "devices": args.devices,
         "xla": args.xla, "mixed_precision": args.mixed_precision, "resume": args.resume,
@@ -85,7 +94,10 @@ def config_from_args(args):
         flags["crop_size"] = crop
     overrides.update({k: (str(v) if not isinstance(v, str) else v)
                       for k, v in flags.items() if v is not None})
-    config = config_lib.resolve_config(args.config, overrides)
+    preset = args.config
+    if preset is None:
+        preset = args.dataset if args.dataset in presets.names() else "default"
+    config = config_lib.resolve_config(preset, overrides)
     if config.run_dir is None:
         config = config_lib.apply_overrides(config, {"run_dir": os.path.join("runs", config.name)})
     return config_lib.validate(config)
@@ -141,6 +153,10 @@ def data_sources(config):
     from keras_gald import data
 
     d = config.dataset
+    if d == "folder":
+        from training import run_setup
+
+        return run_setup.folder_sources(config)
     if d == "synthetic":
         h, w = config.synthetic_size
         return (
@@ -531,10 +547,11 @@ def main(argv=None):
     # Before any TF op: split the CPU into logical devices / pick the strategy.
     gpus, n_cpu = strategy_lib.configure_devices(config.devices)
     strategy, desc, is_chief, index = strategy_lib.make_strategy(config.devices, gpus, n_cpu)
-    run_dir = pathlib.Path(config.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if is_chief:
-        (run_dir / "config.json").write_text(config.to_json())
+    from training import run_setup
+
+    # Folder datasets: split, summary, auto sizes; refuses to resume under another config;
+    # writes RUN_DIR/config.json.
+    config = run_setup.prepare_run(config, run_setup.explicit_keys(args), is_chief)
     train(config, strategy, desc, is_chief, index, on_gpu=bool(gpus))
     return 0
 
