@@ -226,7 +226,8 @@ def _key(path, base):
 
 
 def load_folder(root, class_names=None, val_fraction=None, seed=0, split_file=None,
-                ignore_ids=(IGNORE_LABEL,), reduce_zero_label=False, name="folder"):
+                ignore_ids=(IGNORE_LABEL,), reduce_zero_label=False, name="folder",
+                whole_pool=False):
     """Lists a folder dataset (no image is decoded): -> `FolderDataset`.
 
     Args:
@@ -239,6 +240,7 @@ def load_folder(root, class_names=None, val_fraction=None, seed=0, split_file=No
         split_file: a JSON written by `write_split_file`: use that split (names not found in
             the folder are an error naming them).
         ignore_ids, reduce_zero_label: see `folder_info`.
+        whole_pool: single-pool layout without a split: one split `"all"` of every pair.
 
     Raises:
         FileNotFoundError: missing folder / classes file. `DataLayoutError` (`ValueError`):
@@ -285,6 +287,8 @@ def load_folder(root, class_names=None, val_fraction=None, seed=0, split_file=No
                 f"split file {split_file} names {len(unknown)} image(s) not in {root / 'images'}: "
                 + ", ".join(unknown[:5]))
         train, val = sorted(record["train"]), sorted(record["val"])
+    elif whole_pool:
+        return FolderDataset(str(root), info, {"all": DataSource(pairs, info)}, "single")
     elif val_fraction:
         train, val = split_names(by_key, val_fraction, seed)
         record = {"val_fraction": float(val_fraction), "seed": int(seed),
