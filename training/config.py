@@ -60,7 +60,10 @@ class TrainConfig:
     aux_head: bool = True
     aux_loss_weight: float = 0.4
     sync_bn: str = "auto"  # "auto": on over > 1 replica unless xla=true; or true / false
+    # ImageNet weights, format detected (keras_gald.backbones.pretrained): resnet*-deep.pth,
+    # torchvision / timm .pth / .npz (stem=classic), keras.applications .h5 (stem=classic)
     backbone_weights: typing.Optional[str] = None
+    backbone_weights_strict: bool = True
     init_weights: typing.Optional[str] = None  # a .weights.h5 loaded before step 0
     # --- optimisation
     steps: int = 300

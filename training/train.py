@@ -217,14 +217,18 @@ def resolve_xla_and_sync_bn(xla, sync_bn, replicas, on_gpu):
 def build_model(config, num_classes, sync_bn):
     from keras_gald.models import GALD
 
-    return GALD(
+    model = GALD(
         backbone=config.backbone, ga=config.ga, ld=config.ld, arrangement=config.arrangement,
         num_classes=num_classes, output_stride=config.output_stride,
         aux_head=config.aux_head, multi_grid=tuple(config.multi_grid), stem=config.stem,
         backbone_weights=config.backbone_weights, head_channels=config.head_channels,
         aspp_filters=config.aspp_filters, dropout=config.dropout,
         aspp_dropout=config.aspp_dropout, sync_bn=sync_bn,
+        backbone_weights_strict=config.backbone_weights_strict,
     )
+    if model.backbone_weights_report is not None:
+        print(model.backbone_weights_report.summary())
+    return model
 
 
 def build_optimizer(config):
