@@ -39,8 +39,14 @@ def run(tmp_path_factory):
     base = tmp_path_factory.mktemp("folder_run")
     data_dir = make_folder(base / "data", layout="single", rgb=True, train=9, val=3)
     run_dir = base / "run"
+    # ImageNet-style backbone weights in torchvision's layout (classic stem), as a user has
+    from tests.backbones.test_pretrained import random_state, torch_resnet_keys
+
+    weights = base / "tv_resnet_tiny.npz"
+    np.savez(weights, **random_state(torch_resnet_keys("resnet_tiny", "classic")))
     proc = train(["--dataset", "folder", "--data-dir", str(data_dir), "--val-fraction", "0.25",
-                  "--run-dir", str(run_dir), *TINY])
+                  "--run-dir", str(run_dir), "--set", "stem=classic",
+                  "--set", f"backbone_weights={weights}", *TINY])
     return {"data": data_dir, "run": run_dir, "stdout": proc.stdout}
 
 
@@ -52,6 +58,10 @@ def test_train_prints_summary_hint_and_iou_table(run):
         assert any(line.startswith(name) and "|" in line for line in out.splitlines()), name
     assert "(ignored)" in out and "hint: these are small CPU settings" in out
     assert "auto_size: crop_size=(48, 64)" in out
+    # 17 convs + 17 BNs x 4; skipped: fc.weight, fc.bias and 17 num_batches_tracked
+    assert ("backbone weights tv_resnet_tiny.npz [torch_classic]: loaded 85 tensors into 34 "
+            "layers; skipped 19 (") in out
+    assert "mismatched 0; missing 0" in out
     metrics = json.loads((run["run"] / "metrics.json").read_text())
     assert metrics["step"] == 2 and set(metrics["per_class_iou"]) == set(CLASSES)
 
@@ -103,15 +113,29 @@ def test_saved_config_reruns_exactly(run):
 
 
 def test_resume_with_a_different_config_is_refused(run):
-    proc = train(["--config", str(run["run"] / "config.json"), "--set", "lr=0.01",
-                  "--set", "backbone=resnet_small"], check=False)
-    assert proc.returncode != 0
-    message = proc.stderr + proc.stdout
+    from training import run_setup
+    from training.train import build_parser, config_from_args
+
+    args = build_parser().parse_args(["--config", str(run["run"] / "config.json"),
+                                      "--set", "lr=0.01", "--set", "backbone=resnet_small"])
+    with pytest.raises(ValueError) as err:
+        run_setup.prepare_run(config_from_args(args), run_setup.explicit_keys(args))
+    message = str(err.value)
     assert "resuming this run with a different configuration" in message
     assert "lr: 0.05 -> 0.01" in message and "backbone: 'resnet_tiny' -> 'resnet_small'" in message
     assert "steps" in message  # the keys resuming may change are listed
-    # the refusal left the saved config alone
+    # the refusal left the saved config alone; the same config (or more steps) resumes
     assert config_lib.TrainConfig.from_file(run["run"] / "config.json").lr == 0.05
+    args = build_parser().parse_args(["--config", str(run["run"] / "config.json"), "--steps", "4"])
+    assert run_setup.prepare_run(config_from_args(args), run_setup.explicit_keys(args)).steps == 4
+    assert config_lib.TrainConfig.from_file(run["run"] / "config.json").steps == 4
+    # a fresh run with the folder preset resolves auto sizes to the same values: no conflict
+    args = build_parser().parse_args(["--dataset", "folder", "--data-dir", str(run["data"]),
+                                      "--val-fraction", "0.25", "--run-dir", str(run["run"]),
+                                      "--set", "stem=classic", "--set", "backbone_weights="
+                                      + config_lib.TrainConfig.from_file(
+                                          run["run"] / "config.json").backbone_weights, *TINY])
+    assert run_setup.prepare_run(config_from_args(args), run_setup.explicit_keys(args)).steps == 2
 
 
 @pytest.mark.parametrize("name", configs.names())
