@@ -233,11 +233,13 @@ def test_keras_applications_resnet50_h5(tmp_path):
     keras.utils.set_random_seed(0)
     source = keras.applications.ResNet50(weights=None, include_top=False,
                                          input_shape=(64, 64, 3))
-    for layer in source.layers:  # non-trivial BN statistics
+    for layer in source.layers:  # non-trivial BN statistics and conv biases (zeros at init)
         if isinstance(layer, keras.layers.BatchNormalization):
             n = layer.moving_mean.shape[0]
             layer.moving_mean.assign(np.random.default_rng(1).normal(size=n))
             layer.moving_variance.assign(np.random.default_rng(2).uniform(0.5, 2, n))
+        elif isinstance(layer, keras.layers.Conv2D):
+            layer.bias.assign(np.random.default_rng(4).normal(size=layer.bias.shape[0]))
     path = tmp_path / "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
     keras_applications_h5(path, source)
     model = build_resnet("resnet50", stem="classic", weights=str(path), output_stride=32)
