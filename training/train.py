@@ -11,12 +11,17 @@ Usage:
 Everything lives in `training.config.TrainConfig`; `--set key=value` overrides any
 field and the common flags below are shortcuts. The run directory holds:
 
-    config.json                resolved config
+    config.json                resolved config (`--config RUN_DIR/config.json` repeats the run)
+    folder_split.json          dataset=folder with one images/ pool: the seeded val split
+    dataset_summary.json       dataset=folder: counts, sizes, class pixel counts
     checkpoints/ckpt-STEP.*    tf.train.Checkpoint of model + optimizer (every N steps, end)
     log.csv                    per-interval loss / mIoU / lr / cumulative train_seconds
                                (appended on resume)
     model.keras                final model;  saved_model/  inference SavedModel
     metrics.json               final validation per-class IoU
+
+Resuming under a different configuration is refused (the differing keys are listed) unless
+only keys in `training.config.RESUMABLE_KEYS` changed (steps, stop_at, bookkeeping).
 
 Resume: with `resume=True` (default) a rerun of the same command restores the latest
 checkpoint (weights, BN statistics, optimizer slots and iteration count), so the poly

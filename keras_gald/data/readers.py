@@ -520,6 +520,11 @@ def read_class_names(names_file):
     ]
     if not names:
         raise DataLayoutError(f"class names file is empty: {names_file}")
+    coloured = [n for n in names if len(n.split()) >= 4 and all(p.isdigit() for p in n.split()[-3:])]
+    if coloured:
+        raise ValueError(
+            f"{names_file} gives class colours ({coloured[0]!r}): read it with "
+            "keras_gald.data.load_folder, which converts RGB masks through them")
     return names
 
 
