@@ -14,7 +14,8 @@ import dataclasses
 import json
 import typing
 
-DATASETS = ("synthetic", "camvid", "cityscapes", "ade20k", "pascal_context", "coco_stuff")
+DATASETS = ("synthetic", "camvid", "cityscapes", "ade20k", "pascal_context", "coco_stuff",
+            "folder")
 
 
 @dataclasses.dataclass
@@ -27,6 +28,13 @@ class TrainConfig:
     data_dir: typing.Optional[str] = None
     train_split: typing.Optional[str] = None  # None: the dataset's usual train split name
     val_split: typing.Optional[str] = None
+    # folder (your own data; keras_gald.data.folder_dataset): D/train|val/{images,labels} or
+    # D/{images,labels} + val_fraction; classes from D/classes.txt or `classes` ("a,b,c")
+    classes: typing.Optional[str] = None
+    val_fraction: typing.Optional[float] = None
+    ignore_ids: typing.Tuple[int, ...] = (255,)
+    reduce_zero_label: bool = False
+    auto_size: bool = False  # crop_size / scale_range / eval_scale from the image sizes found
     synthetic_train_images: int = 256
     synthetic_val_images: int = 32
     synthetic_size: typing.Tuple[int, int] = (96, 128)
@@ -52,7 +60,10 @@ class TrainConfig:
     aux_head: bool = True
     aux_loss_weight: float = 0.4
     sync_bn: str = "auto"  # "auto": on over > 1 replica unless xla=true; or true / false
+    # ImageNet weights, format detected (keras_gald.backbones.pretrained): resnet*-deep.pth,
+    # torchvision / timm .pth / .npz (stem=classic), keras.applications .h5 (stem=classic)
     backbone_weights: typing.Optional[str] = None
+    backbone_weights_strict: bool = True
     init_weights: typing.Optional[str] = None  # a .weights.h5 loaded before step 0
     # --- optimisation
     steps: int = 300
@@ -91,10 +102,77 @@ class TrainConfig:
     def to_json(self):
         return json.dumps(self.to_dict(), indent=2, sort_keys=False)
 
+    @classmethod
+    def from_dict(cls, values, source="config"):
+        """Inverse of `to_dict`: JSON lists become the tuples the fields hold.
+
+        Unknown keys raise `ValueError` naming them and `source`; missing keys keep their
+        defaults (configs written by older versions still load).
+        """
+        unknown = sorted(set(values) - set(FIELDS))
+        if unknown:
+            raise ValueError(f"{source}: unknown config keys {', '.join(unknown)}")
+        return cls(**{key: _from_json_value(key, value) for key, value in values.items()})
+
+    @classmethod
+    def from_json(cls, text, source="config"):
+        """`TrainConfig.from_json(cfg.to_json()) == cfg` (tuples and all)."""
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{source} is not valid JSON: {err}") from None
+        if not isinstance(values, dict):
+            raise ValueError(f"{source}: expected a JSON object of config keys")
+        return cls.from_dict(values, source)
+
+    @classmethod
+    def from_file(cls, path):
+        """Reads a `config.json` (as written to every run directory)."""
+        import pathlib
+
+        path = pathlib.Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        return cls.from_json(path.read_text(), source=str(path))
+
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
+
+
+def _from_json_value(key, value):
+    """A JSON value -> the field's Python type (lists -> tuples, ints -> floats)."""
+    annotation = FIELDS[key].type
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is typing.Union and type(None) in args:
+        if value is None:
+            return None
+        annotation = [a for a in args if a is not type(None)][0]
+        args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"config key {key!r} needs a list, got {value!r}")
+        return tuple(args[0](v) for v in value)
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+# Keys a resumed run may change: the schedule length, bookkeeping and execution settings.
+# Anything else (data, model, optimiser, seed) would silently mix two experiments.
+RESUMABLE_KEYS = (
+    "steps", "stop_at", "eval_every", "checkpoint_every", "keep_checkpoints", "eval_max_images",
+    "eval_scale", "export_saved_model", "notes", "resume", "run_dir", "devices", "xla", "cache",
+    "data_dir",
+)
+
+
+def resume_conflicts(saved, current):
+    """Keys whose values differ between `saved` and `current` and that resuming may not
+    change (everything outside `RESUMABLE_KEYS`), sorted."""
+    a, b = saved.to_dict(), current.to_dict()
+    return sorted(k for k in FIELDS if k not in RESUMABLE_KEYS and a.get(k) != b.get(k))
 
 
 def _parse_bool(text):
@@ -152,6 +230,10 @@ def validate(config):
         raise ValueError(f"unknown dataset {config.dataset!r}; choose from {DATASETS}")
     if config.dataset != "synthetic" and not config.data_dir:
         raise ValueError(f"config {config.name!r} reads {config.dataset}: pass --data-dir")
+    if config.val_fraction is not None and not 0.0 < config.val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1), got {config.val_fraction}")
+    if config.dataset != "folder" and (config.classes or config.val_fraction or config.auto_size):
+        raise ValueError("classes / val_fraction / auto_size are for dataset=folder only")
     if config.loss not in ("ce", "ohem"):
         raise ValueError(f"loss must be 'ce' or 'ohem', got {config.loss!r}")
     if config.optimizer != "sgd":
@@ -174,10 +256,17 @@ def validate(config):
 
 
 def resolve_config(name="default", overrides=None):
-    """Preset `name` + overrides, validated (data_dir is checked later by `validate`)."""
+    """Preset `name` (or a saved `config.json`) + overrides (validated later by `validate`).
+
+    `name` is a preset name, or the path of a `config.json` written to a run directory
+    (any name ending in `.json`): that run's exact configuration.
+    """
     from training import configs
 
-    config = configs.get(name)
+    if str(name).endswith(".json"):
+        config = TrainConfig.from_file(name)
+    else:
+        config = configs.get(name)
     if overrides:
         config = apply_overrides(config, overrides)
     return config

@@ -5,8 +5,12 @@
         [--out results/] [--limit N] [--images-to-show K]
 
 Datasets: camvid, cityscapes, ade20k, pascal_context, coco_stuff (their readers in
-`keras_gald.data`) and `folder` (`DIR/images` + `DIR/labels` + `DIR/classes.txt`, or
-`DIR/<split>/...` when that folder exists).
+`keras_gald.data`) and `folder` (your own data, `keras_gald.data.load_folder`):
+`DIR/<split>/{images,labels}`, or one `DIR/{images,labels}` pool split as the training run
+did: `--split-file`, by default the `folder_split.json` next to `--model` (written by
+`keras-gald train`), else `--val-fraction F [--seed S]`, else every image. Classes from
+`--classes a,b,c`, else the training run's `config.json` next to the model, else
+`DIR/classes.txt` (colours there: RGB masks).
 
 Prints a per-class IoU / accuracy table and writes (with `--out`) `metrics.json`,
 `confusion_matrix.png` and `examples/<k>_<name>.png` (input | prediction | ground truth |
@@ -37,11 +41,19 @@ def build_parser():
     p.add_argument("--dataset", required=True, choices=sorted(DATASETS))
     p.add_argument("--data-dir", required=True)
     p.add_argument("--split", default=None, help="split (default: the dataset's validation split)")
+    p.add_argument("--classes", default=None, help="folder: class names a,b,c")
+    p.add_argument("--split-file", default=None,
+                   help="folder: a folder_split.json (default: the one next to --model)")
+    p.add_argument("--val-fraction", type=float, default=None,
+                   help="folder, one images/ pool, no split file: validation share")
+    p.add_argument("--seed", type=int, default=0, help="folder: seed of --val-fraction")
     p.add_argument("--normalization", default="imagenet", choices=["imagenet", "bgr_mean", "none"])
     p.add_argument("--sliding", type=int, nargs="+", default=None, metavar="CROP",
                    help="sliding-window crop size (one int or H W); default: whole image")
     p.add_argument("--stride", type=int, nargs="+", default=None, help="sliding stride (default 2/3 crop)")
-    p.add_argument("--scales", type=float, nargs="+", default=[1.0])
+    p.add_argument("--scales", type=float, nargs="+", default=None,
+                   help="test scales (default 1, or the eval_scale of the training run's "
+                        "config.json next to --model for a folder run)")
     p.add_argument("--flip", action="store_true", help="horizontal-flip test-time augmentation")
     p.add_argument("--boundary", action="store_true", help="also compute the boundary F-score")
     p.add_argument("--out", default=None, help="output folder for JSON / PNGs")
@@ -51,17 +63,49 @@ def build_parser():
     return p
 
 
-def load_source(dataset, data_dir, split):
+def _run_folder_config(model_path):
+    """The training run's `config.json` next to `model_path` when it trained on a folder."""
+    if model_path is None:
+        return None
+    path = pathlib.Path(model_path).parent / "config.json"
+    if not path.is_file():
+        return None
+    from training.config import TrainConfig
+
+    config = TrainConfig.from_file(path)
+    return config if config.dataset == "folder" else None
+
+
+def load_source(dataset, data_dir, split, classes=None, split_file=None, val_fraction=None,
+                seed=0, model_path=None):
+    """-> `DataSource` of the split to evaluate (see the module docstring for folders)."""
     from keras_gald import data
 
     reader_name, default_split = DATASETS[dataset]
-    split = split or default_split
-    if dataset == "folder":
-        root = pathlib.Path(data_dir)
-        if split and (root / split).is_dir():
-            root = root / split
-        return data.folder(root)
-    return getattr(data, reader_name)(data_dir, split)
+    if dataset != "folder":
+        return getattr(data, reader_name)(data_dir, split or default_split)
+    run = _run_folder_config(model_path)
+    kwargs = {}
+    if run is not None:
+        kwargs = dict(ignore_ids=tuple(run.ignore_ids), reduce_zero_label=run.reduce_zero_label)
+        classes = classes or run.classes
+    root = pathlib.Path(data_dir)
+    if any((root / s / "images").is_dir() for s in data.folder_dataset.SPLITS):
+        splits = data.load_folder(root, class_names=classes, **kwargs).splits
+        split = split or "val"
+        if split not in splits:
+            raise ValueError(f"{root} has no {split!r} split (found {', '.join(splits)})")
+        return splits[split]
+    if split_file is None and model_path is not None:
+        beside = pathlib.Path(model_path).parent / "folder_split.json"
+        split_file = beside if beside.is_file() else None
+    if split_file is not None or val_fraction:
+        splits = data.load_folder(root, class_names=classes, split_file=split_file,
+                                  val_fraction=val_fraction, seed=seed, **kwargs).splits
+        return splits[split or "val"]
+    # No split known: every image of the pool.
+    return data.load_folder(root, class_names=classes, val_fraction=None,
+                            split_file=None, whole_pool=True, **kwargs).splits["all"]
 
 
 def _pair(values):
@@ -187,11 +231,17 @@ def main(argv=None):
         print("keras-gald evaluate: --images-to-show needs --out", file=sys.stderr)
         return 2
     model = keras.saving.load_model(args.model, compile=False)
-    source = load_source(args.dataset, args.data_dir, args.split)
+    source = load_source(args.dataset, args.data_dir, args.split, classes=args.classes,
+                         split_file=args.split_file, val_fraction=args.val_fraction,
+                         seed=args.seed, model_path=args.model)
+    scales = args.scales
+    if scales is None:
+        run = _run_folder_config(args.model) if args.dataset == "folder" else None
+        scales = [run.eval_scale] if run is not None else [1.0]
     results = evaluate(
         model, source,
         normalization=None if args.normalization == "none" else args.normalization,
-        sliding=_pair(args.sliding), stride=_pair(args.stride), scales=tuple(args.scales),
+        sliding=_pair(args.sliding), stride=_pair(args.stride), scales=tuple(scales),
         flip=args.flip, boundary=args.boundary, limit=args.limit,
         images_to_show=args.images_to_show, out=args.out,
     )

@@ -1,12 +1,15 @@
 """`keras-gald predict`: colourised masks and overlays for images.
 
     keras-gald predict --model model.keras image.jpg [more.png | folder/ ...] --out out/ \\
-        [--palette camvid|cityscapes|ade20k|pascal_context|coco_stuff|voc] [--raw-ids] \\
+        [--palette camvid|cityscapes|ade20k|pascal_context|coco_stuff|voc|DIR|classes.txt] \
+        [--raw-ids] \\
         [--sliding CROP] [--scales 1 1.25] [--flip] [--alpha 0.5]
 
 For each image `name.ext` writes `out/name_mask.png` (colour mask), `out/name_overlay.png`
 (mask blended over the image) and with `--raw-ids` `out/name_ids.png` (8-bit class ids).
 Folders are searched recursively for .jpg / .jpeg / .png / .bmp / .webp files.
+`--palette` also takes your own dataset: a folder holding `classes.txt`, or that file; its
+colours (`name r g b` lines) are used, VOC colours when it lists names only.
 """
 
 import argparse
@@ -29,7 +32,8 @@ def build_parser():
     p.add_argument("inputs", nargs="+", help="image files and / or folders")
     p.add_argument("--model", required=True, help="a .keras model file")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--palette", default="voc", choices=PALETTES)
+    p.add_argument("--palette", default="voc",
+                   help=f"{', '.join(PALETTES)}, or a folder dataset / classes.txt")
     p.add_argument("--raw-ids", action="store_true", help="also write class-id PNGs")
     p.add_argument("--normalization", default="imagenet", choices=["imagenet", "bgr_mean", "none"])
     p.add_argument("--sliding", type=int, nargs="+", default=None, metavar="CROP")
@@ -49,10 +53,33 @@ def palette_for(name, num_classes):
     infos = {"camvid": data.CAMVID_INFO, "cityscapes": data.CITYSCAPES_TRAINID_INFO,
              "ade20k": data.ADE20K_INFO, "pascal_context": data.PASCAL_CONTEXT_INFO,
              "coco_stuff": data.COCO_STUFF_INFO}
-    base = infos[name].palette_array if name in infos else data.voc_palette(num_classes)
+    if name in infos:
+        base = infos[name].palette_array
+    elif name in PALETTES:
+        base = data.voc_palette(num_classes)
+    else:
+        base = _folder_palette(name)
     if len(base) < num_classes:
         base = np.concatenate([base, data.voc_palette(num_classes)[len(base):]], axis=0)
     return np.asarray(base[:num_classes], np.uint8)
+
+
+def _folder_palette(path):
+    """Colours of a folder dataset's `classes.txt` (`path`: the file or its folder)."""
+    import numpy as np
+
+    from keras_gald import data
+
+    path = pathlib.Path(path)
+    if path.is_dir():
+        path = path / data.folder_dataset.CLASSES_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"--palette {path}: not a palette name ({', '.join(PALETTES)}) nor a classes.txt")
+    names, colours, _ = data.parse_classes_file(path)
+    if colours is None:
+        return data.voc_palette(len(names))
+    return np.asarray(colours, np.uint8)
 
 
 def collect_images(inputs):

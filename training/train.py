@@ -5,16 +5,23 @@ Usage:
     python -m training.train --config camvid --data-dir /data/camvid --steps 400
     python -m training.train --config cityscapes --data-dir /data/cityscapes --devices 8
     python -m training.train --config default --set backbone=resnet_tiny --set lr=0.02
+    python -m training.train --dataset folder --data-dir my_data [--val-fraction 0.2]
+    python -m training.train --config runs/folder/config.json --run-dir runs/again
 
 Everything lives in `training.config.TrainConfig`; `--set key=value` overrides any
 field and the common flags below are shortcuts. The run directory holds:
 
-    config.json                resolved config
+    config.json                resolved config (`--config RUN_DIR/config.json` repeats the run)
+    folder_split.json          dataset=folder with one images/ pool: the seeded val split
+    dataset_summary.json       dataset=folder: counts, sizes, class pixel counts
     checkpoints/ckpt-STEP.*    tf.train.Checkpoint of model + optimizer (every N steps, end)
     log.csv                    per-interval loss / mIoU / lr / cumulative train_seconds
                                (appended on resume)
     model.keras                final model;  saved_model/  inference SavedModel
     metrics.json               final validation per-class IoU
+
+Resuming under a different configuration is refused (the differing keys are listed) unless
+only keys in `training.config.RESUMABLE_KEYS` changed (steps, stop_at, bookkeeping).
 
 Resume: with `resume=True` (default) a rerun of the same command restores the latest
 checkpoint (weights, BN statistics, optimizer slots and iteration count), so the poly
@@ -46,7 +53,13 @@ from training import strategy as strategy_lib  # noqa: E402
 
 def build_parser():
     p = argparse.ArgumentParser(prog="keras-gald train", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", default="default", help=f"preset: {', '.join(presets.names())}")
+    p.add_argument("--config", default=None,
+                   help=f"preset ({', '.join(presets.names())}; default: the --dataset's preset "
+                        "if there is one, else default) or a run's saved config.json")
+    p.add_argument("--dataset", help=f"dataset: {', '.join(config_lib.DATASETS)}")
+    p.add_argument("--val-fraction", type=float,
+                   help="folder dataset with one images/ pool: validation share (e.g. 0.2)")
+    p.add_argument("--classes", help="folder dataset: class names a,b,c (default D/classes.txt)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any TrainConfig field (repeatable)")
     p.add_argument("--data-dir")
@@ -75,6 +88,7 @@ def config_from_args(args):
         key, value = item.split("=", 1)
         overrides[key.strip()] = value
     flags = {
+        "dataset": args.dataset, "val_fraction": args.val_fraction, "classes": args.classes,
         "data_dir": args.data_dir, "run_dir": args.run_dir, "steps": args.steps,
         "batch_size": args.batch_size, "lr": args.lr, "devices": args.devices,
         "xla": args.xla, "mixed_precision": args.mixed_precision, "resume": args.resume,
@@ -85,7 +99,10 @@ def config_from_args(args):
         flags["crop_size"] = crop
     overrides.update({k: (str(v) if not isinstance(v, str) else v)
                       for k, v in flags.items() if v is not None})
-    config = config_lib.resolve_config(args.config, overrides)
+    preset = args.config
+    if preset is None:
+        preset = args.dataset if args.dataset in presets.names() else "default"
+    config = config_lib.resolve_config(preset, overrides)
     if config.run_dir is None:
         config = config_lib.apply_overrides(config, {"run_dir": os.path.join("runs", config.name)})
     return config_lib.validate(config)
@@ -141,6 +158,10 @@ def data_sources(config):
     from keras_gald import data
 
     d = config.dataset
+    if d == "folder":
+        from training import run_setup
+
+        return run_setup.folder_sources(config)
     if d == "synthetic":
         h, w = config.synthetic_size
         return (
@@ -201,14 +222,18 @@ def resolve_xla_and_sync_bn(xla, sync_bn, replicas, on_gpu):
 def build_model(config, num_classes, sync_bn):
     from keras_gald.models import GALD
 
-    return GALD(
+    model = GALD(
         backbone=config.backbone, ga=config.ga, ld=config.ld, arrangement=config.arrangement,
         num_classes=num_classes, output_stride=config.output_stride,
         aux_head=config.aux_head, multi_grid=tuple(config.multi_grid), stem=config.stem,
         backbone_weights=config.backbone_weights, head_channels=config.head_channels,
         aspp_filters=config.aspp_filters, dropout=config.dropout,
         aspp_dropout=config.aspp_dropout, sync_bn=sync_bn,
+        backbone_weights_strict=config.backbone_weights_strict,
     )
+    if model.backbone_weights_report is not None:
+        print(model.backbone_weights_report.summary())
+    return model
 
 
 def build_optimizer(config):
@@ -537,10 +562,11 @@ def main(argv=None):
     # Before any TF op: split the CPU into logical devices / pick the strategy.
     gpus, n_cpu = strategy_lib.configure_devices(config.devices)
     strategy, desc, is_chief, index = strategy_lib.make_strategy(config.devices, gpus, n_cpu)
-    run_dir = pathlib.Path(config.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if is_chief:
-        (run_dir / "config.json").write_text(config.to_json())
+    from training import run_setup
+
+    # Folder datasets: split, summary, auto sizes; refuses to resume under another config;
+    # writes RUN_DIR/config.json.
+    config = run_setup.prepare_run(config, run_setup.explicit_keys(args), is_chief)
     train(config, strategy, desc, is_chief, index, on_gpu=bool(gpus))
     return 0
 

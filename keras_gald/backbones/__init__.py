@@ -1,4 +1,5 @@
-"""Dilated ResNet v1 backbones (deep or classic stem, output stride 8/16/32)."""
+"""Dilated ResNet v1 backbones (deep or classic stem, output stride 8/16/32) and their
+ImageNet weights from PyTorch / Keras files (`pretrained.load_backbone_weights`)."""
 
 from keras_gald.backbones.resnet import (
     BACKBONES,
@@ -9,3 +10,4 @@ from keras_gald.backbones.resnet import (
     build_resnet,
     get_spec,
 )
+from keras_gald.backbones.pretrained import BackboneWeightsReport, load_backbone_weights

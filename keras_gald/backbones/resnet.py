@@ -349,6 +349,7 @@ def build_resnet(
     sync_bn=False,
     name_prefix="",
     output_stages=(3, 4),
+    weights_strict=True,
 ):
     """Builds a dilated ResNet v1 backbone as a functional `keras.Model`.
 
@@ -361,10 +362,15 @@ def build_resnet(
         stem: `"deep"` (three 3x3 convs, ceil-mode max-pool; the authors') or
             `"classic"` (7x7 conv, floor-mode max-pool; torchvision's).
         input_shape: `(H, W, 3)`; `None` for dynamic sizes.
-        weights: `None` or the path of a local Keras `.weights.h5` saved from the
-            same architecture. Nothing is ever downloaded; the authors' PyTorch
-            checkpoints load via
-            `keras_gald.convert.official_resnet.load_official_resnet(_file)`.
+        weights: `None` or the path of a local weights file, format detected
+            (`keras_gald.backbones.pretrained`): the authors' deep-stem
+            `resnet{50,101}-deep.pth`, torchvision / timm ResNet state dicts
+            (`.pth`, `.npz`, `.safetensors`; build with `stem="classic"`),
+            `keras.applications` ResNet `.h5`, or a Keras `.weights.h5` of the same
+            architecture. Nothing is ever downloaded. The load report is
+            `model.weights_report` (`BackboneWeightsReport`).
+        weights_strict: every backbone weight must come from the file (default);
+            `False` loads what matches (see the report).
         sync_bn: cross-replica BatchNorm (`synchronized=True`).
         name_prefix: string prepended to every layer name (and the model name),
             e.g. `"backbone_"` to embed the layers in a larger flat model.
@@ -424,8 +430,12 @@ def build_resnet(
     model = keras.Model(
         inputs, [stage_outputs[s] for s in output_stages], name=f"{name_prefix}{name}"
     )
+    model.weights_report = None
     if weights_path is not None:
-        model.load_weights(weights_path)
+        from keras_gald.backbones.pretrained import load_backbone_weights
+
+        model.weights_report = load_backbone_weights(model, weights_path, strict=weights_strict,
+                                                     layer_prefix=name_prefix)
     return model
 
 
@@ -436,13 +446,6 @@ def _check_weights(weights):
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"backbone weights file not found: {path!r} (weights must be None or a local "
-            "Keras .weights.h5 file; nothing is downloaded)"
-        )
-    if not path.endswith(".weights.h5"):
-        raise ValueError(
-            f"unsupported backbone weights file {path!r}: build_resnet loads Keras "
-            "'.weights.h5' files saved from the same architecture; load the authors' "
-            "PyTorch checkpoints (.pth / .npz) with "
-            "keras_gald.convert.official_resnet.load_official_resnet_file(model, path)"
+            "file; nothing is downloaded)"
         )
     return path

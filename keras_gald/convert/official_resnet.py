@@ -218,8 +218,10 @@ def read_state_dict(path):
     """Reads a local checkpoint into a `{key: np.ndarray}` dict.
 
     `.npz` files are read with NumPy (no pickle). `.pth` / `.pt` / `.pth.tar`
-    need PyTorch (imported lazily); a `{"state_dict": ...}` or `{"model": ...}`
-    wrapper is unwrapped.
+    are read with PyTorch when it is installed, else with the torch-free reader
+    `keras_gald.backbones.checkpoint_files.read_torch_file` (tensors, dicts and
+    `OrderedDict`s only; nothing from the file is executed); a
+    `{"state_dict": ...}` or `{"model": ...}` wrapper is unwrapped.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -230,11 +232,14 @@ def read_state_dict(path):
     if path.endswith((".pth", ".pt", ".pth.tar")):
         try:
             import torch
-        except ImportError as error:
-            raise ImportError(
-                f"reading {path!r} needs PyTorch; or save the state_dict as .npz "
-                "(np.savez(out, **{k: v.numpy() for k, v in sd.items()}))"
-            ) from error
+        except ImportError:
+            from keras_gald.backbones.checkpoint_files import CheckpointReadError, read_torch_file
+
+            try:
+                return read_torch_file(path)
+            except CheckpointReadError as error:
+                raise ValueError(f"{error} (PyTorch is not installed; the torch-free reader "
+                                 "reads tensor state dicts only)") from None
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         for wrapper in ("state_dict", "model"):
             if isinstance(checkpoint, dict) and isinstance(checkpoint.get(wrapper), dict):

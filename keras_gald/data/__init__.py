@@ -7,6 +7,8 @@ Quick start:
     >>> train = data.make_dataset(data.camvid("/data/camvid", "train"), crop_size=(360, 360),
     ...                           batch_size=8, seed=0)
     >>> val = data.make_eval_dataset(data.camvid("/data/camvid", "val"))
+    >>> own = data.load_folder("my_data", val_fraction=0.2)   # images/ + labels/ + classes.txt
+    >>> print(data.summarize(own).text())
     >>> toy = data.make_dataset(data.synthetic_source(256, 96, 128, seed=0),
     ...                         crop_size=(96, 128), batch_size=8, seed=0)
 """
@@ -19,6 +21,17 @@ from keras_gald.data.augment import (
     random_flip,
     random_scale,
     pad_to_size,
+)
+from keras_gald.data.folder_dataset import (
+    FolderDataset,
+    FolderSummary,
+    load_folder,
+    parse_classes_file,
+    read_split_file,
+    split_names,
+    suggest_training_sizes,
+    summarize,
+    write_split_file,
 )
 from keras_gald.data.info import (
     IGNORE_LABEL,
@@ -35,7 +48,13 @@ from keras_gald.data.normalization import (
     normalize,
     to_uint8_rgb,
 )
-from keras_gald.data.pipeline import load_pair, make_dataset, make_eval_dataset
+from keras_gald.data.pipeline import (
+    colors_to_train_ids,
+    load_color_pair,
+    load_pair,
+    make_dataset,
+    make_eval_dataset,
+)
 from keras_gald.data.readers import (
     ADE20K_INFO,
     CAMVID_INFO,

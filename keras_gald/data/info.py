@@ -57,6 +57,10 @@ class DatasetInfo:
             anything else is invalid) or a tuple of 256 ints, raw value -> train id, with 255
             for ignored values and -1 for values that must not occur.
         description: free text: the on-disk layout and the label convention.
+        label_colors: `None` (labels are single-channel id images) or a tuple of
+            `(r, g, b, train_id)` tuples: labels are RGB images whose colours are mapped to
+            train ids (`train_id` 255 for an "ignore" colour); any other colour is an error
+            naming the file and the colour (see `keras_gald.data.folder_dataset`).
     """
 
     name: str
@@ -66,6 +70,7 @@ class DatasetInfo:
     ignore_label: int = IGNORE_LABEL
     label_map: tuple = None
     description: str = ""
+    label_colors: tuple = None
 
     def __post_init__(self):
         if len(self.class_names) != self.num_classes:
@@ -95,6 +100,23 @@ class DatasetInfo:
                     f"DatasetInfo {self.name!r}: label_map targets {sorted(set(bad))} are "
                     f"outside [0, {self.num_classes}) and not ignore/-1"
                 )
+
+        if self.label_colors is not None:
+            seen = {}
+            for entry in self.label_colors:
+                if len(entry) != 4 or not all(0 <= int(c) <= 255 for c in entry[:3]):
+                    raise ValueError(
+                        f"DatasetInfo {self.name!r}: label_colors entries must be "
+                        f"(r, g, b, train_id) with 0 <= r, g, b <= 255, got {entry!r}")
+                rgb, train_id = tuple(int(c) for c in entry[:3]), int(entry[3])
+                if train_id != self.ignore_label and not 0 <= train_id < self.num_classes:
+                    raise ValueError(
+                        f"DatasetInfo {self.name!r}: label colour {rgb} maps to {train_id}, "
+                        f"outside [0, {self.num_classes}) and not ignore")
+                if rgb in seen and seen[rgb] != train_id:
+                    raise ValueError(
+                        f"DatasetInfo {self.name!r}: colour {rgb} is given to two classes")
+                seen[rgb] = train_id
 
     @classmethod
     def from_mapping(cls, name, class_names, mapping, palette=None, default=INVALID, **kwargs):
@@ -144,6 +166,47 @@ class DatasetInfo:
 
         raw = tf.cast(raw, tf.int32)
         return tf.gather(tf.constant(self.lut), tf.clip_by_value(raw, 0, 255))
+
+    def labels_to_train_ids(self, label, path="<array>"):
+        """A decoded label image -> `np.uint8 (H, W)` train ids (NumPy; the pipeline does the
+        same in TF).
+
+        `label` is `(H, W)` raw ids (through `lut`) or, when `label_colors` is set,
+        `(H, W, 3)` RGB (through the colour table). Raises `ValueError` naming `path` and the
+        first unknown colour or the invalid raw values.
+        """
+        label = np.asarray(label)
+        if self.label_colors is not None:
+            if label.ndim != 3 or label.shape[-1] < 3:
+                raise ValueError(
+                    f"label {path} is not an RGB image (shape {label.shape}): {self.name!r} "
+                    "has colour-coded labels")
+            rgb = label[..., :3].astype(np.int64)
+            code = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+            table = {(int(r) << 16) | (int(g) << 8) | int(b): int(t)
+                     for r, g, b, t in self.label_colors}
+            uniq, inverse = np.unique(code, return_inverse=True)
+            mapped = np.array([table.get(int(c), INVALID) for c in uniq], np.int32)
+            ids = mapped[inverse.reshape(code.shape)]
+            if (mapped == INVALID).any():
+                c = int(uniq[mapped == INVALID][0])
+                raise ValueError(
+                    f"label {path} has the colour ({c >> 16}, {(c >> 8) & 255}, {c & 255}) "
+                    f"(r, g, b), which is none of the class colours of {self.name!r}")
+            return ids.astype(np.uint8)
+        if label.ndim == 3:
+            if label.shape[-1] != 1:
+                raise ValueError(
+                    f"label {path} has {label.shape[-1]} channels: labels must be single-channel "
+                    "id images, or give class colours (classes.txt lines 'name r g b')")
+            label = label[..., 0]
+        ids = self.lut[np.clip(label.astype(np.int64), 0, 255)]
+        bad = (ids == INVALID) | (label < 0) | (label > 255)
+        if bad.any():
+            raise ValueError(
+                f"label {path} has values {sorted(int(v) for v in np.unique(label[bad]))[:10]} "
+                f"outside the {self.num_classes} classes of {self.name!r} that are not ignored")
+        return ids.astype(np.uint8)
 
     def colorize(self, mask, ignore_color=(0, 0, 0)):
         """Train-id mask `(..., H, W)` -> RGB uint8 `(..., H, W, 3)` (ignored pixels black)."""

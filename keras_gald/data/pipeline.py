@@ -79,6 +79,45 @@ def load_pair(image_path, label_path):
     return image, label[..., 0]
 
 
+def load_color_pair(image_path, label_path):
+    """Reads one pair with a colour-coded label: `image uint8 (H, W, 3)`, `label uint8 (H, W, 3)`.
+
+    Raises (when run) an `InvalidArgumentError` naming the files if the sizes differ.
+    """
+    image = tf.io.decode_image(tf.io.read_file(image_path), channels=3, expand_animations=False)
+    label = tf.io.decode_png(tf.io.read_file(label_path), channels=3)
+    _assert_same_size(image, label, image_path, label_path)
+    return image, label
+
+
+def colors_to_train_ids(rgb, info, label_path, validate=True):
+    """RGB label `(H, W, 3)` -> uint8 train ids `(H, W)` through `info.label_colors`.
+
+    A colour not in the table raises (when run) an `InvalidArgumentError` naming the file and
+    the first unknown colour as `(r, g, b)`; with `validate=False` it becomes the ignore label.
+    """
+    table = sorted((int(r) * 65536 + int(g) * 256 + int(b), int(t))
+                   for r, g, b, t in info.label_colors)
+    codes = tf.constant([c for c, _ in table], tf.int32)
+    ids = tf.constant([t for _, t in table], tf.int32)
+    rgb = tf.cast(rgb, tf.int32)
+    code = rgb[..., 0] * 65536 + rgb[..., 1] * 256 + rgb[..., 2]
+    flat = tf.reshape(code, [-1])
+    index = tf.minimum(tf.searchsorted(codes, flat), tf.size(codes) - 1)
+    known = tf.equal(tf.gather(codes, index), flat)
+    if validate:
+        first = tf.boolean_mask(flat, tf.logical_not(known))[:1]
+        first = tf.concat([first, tf.zeros([1], tf.int32)], 0)[0]
+        colour = tf.strings.format("({}, {}, {})", (first // 65536, first // 256 % 256, first % 256))
+        tf.debugging.Assert(
+            tf.reduce_all(known),
+            [f"unknown label colour (not in the class colours of {info.name!r}) in label",
+             label_path, "colour (r, g, b):", colour],
+        )
+    mapped = tf.where(known, tf.gather(ids, index), IGNORE_LABEL)
+    return tf.cast(tf.reshape(mapped, tf.shape(code)), tf.uint8)
+
+
 def _assert_same_size(image, label, image_path, label_path):
     tf.debugging.Assert(
         tf.reduce_all(tf.equal(tf.shape(image)[:2], tf.shape(label)[:2])),
@@ -114,6 +153,9 @@ def _decoded(kind, payload, info, validate, shuffle_paths_seed=None):
             ds = ds.shuffle(len(payload), seed=shuffle_paths_seed, reshuffle_each_iteration=True)
 
         def load(image_path, label_path):
+            if info.label_colors is not None:
+                image, rgb = load_color_pair(image_path, label_path)
+                return image, colors_to_train_ids(rgb, info, label_path, validate), image_path
             image, raw = load_pair(image_path, label_path)
             return image, _to_train_ids(raw, info, label_path, validate), image_path
 

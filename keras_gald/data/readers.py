@@ -520,6 +520,11 @@ def read_class_names(names_file):
     ]
     if not names:
         raise DataLayoutError(f"class names file is empty: {names_file}")
+    coloured = [n for n in names if len(n.split()) >= 4 and all(p.isdigit() for p in n.split()[-3:])]
+    if coloured:
+        raise ValueError(
+            f"{names_file} gives class colours ({coloured[0]!r}): read it with "
+            "keras_gald.data.load_folder, which converts RGB masks through them")
     return names
 
 
@@ -581,6 +586,19 @@ def check_pairs(pairs, info, check_values=True, check_sizes=True):
         for p in (image_path, label_path):
             if not os.path.isfile(p):
                 raise FileNotFoundError(f"file not found: {p}")
+        if info.label_colors is not None:
+            with Image.open(label_path) as label_img:
+                label = np.asarray(label_img.convert("RGB"))
+            if check_values:
+                info.labels_to_train_ids(label, label_path)
+            if check_sizes:
+                with Image.open(image_path) as image_img:
+                    width, height = image_img.size
+                if (height, width) != label.shape[:2]:
+                    raise ValueError(
+                        f"image size {height}x{width} (HxW) of {image_path} differs from label "
+                        f"size {label.shape[0]}x{label.shape[1]} of {label_path}")
+            continue
         with Image.open(label_path) as label_img:
             if label_img.mode not in ("L", "P", "I", "I;16", "1"):
                 raise ValueError(

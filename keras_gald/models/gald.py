@@ -98,6 +98,7 @@ def GALD(
     ldv2_kwargs=None,
     aspp_dropout=0.1,
     name=None,
+    backbone_weights_strict=True,
 ):
     """Builds a GALD segmentation network (or any of the paper's ablations).
 
@@ -116,7 +117,14 @@ def GALD(
         input_shape: `(H, W, 3)`; `None` dims are dynamic.
         multi_grid: stage-4 dilation multipliers (the authors use (1, 2, 4)).
         stem: `"deep"` (3x 3x3 convs, the authors') or `"classic"` (7x7).
-        backbone_weights: optional local weights file for the backbone.
+        backbone_weights: optional local ImageNet weights file for the backbone, format
+            detected (`keras_gald.backbones.pretrained`): the authors'
+            `resnet{50,101}-deep.pth`, torchvision / timm ResNet `.pth` / `.npz`
+            (with `stem="classic"`), `keras.applications` ResNet `.h5`
+            (`stem="classic"`), or a Keras `.weights.h5` of the same backbone. The
+            load report is `model.backbone_weights_report`.
+        backbone_weights_strict: raise unless every backbone weight is in the file
+            (default); `False` loads what matches.
         head_channels: width of the head convs (and of PSP / non-local GA).
         aspp_filters: ASPP output width.
         dropout: dropout before the classifier.
@@ -162,6 +170,7 @@ def GALD(
         input_shape=tuple(input_shape),
         weights=backbone_weights,
         sync_bn=sync_bn,
+        weights_strict=backbone_weights_strict,
     )
     stage3, x = net(checked)
 
@@ -210,4 +219,6 @@ def GALD(
         if ga and ld and arrangement != "gald":
             parts.append(arrangement)
         name = "gald_" + "_".join(p for p in parts if p)
-    return Segmenter(images, outputs, name=name)
+    model = Segmenter(images, outputs, name=name)
+    model.backbone_weights_report = net.weights_report
+    return model

@@ -191,8 +191,13 @@ def test_weights_errors(tmp_path):
         build_resnet(TINY, weights=tmp_path / "missing.weights.h5")
     npz = tmp_path / "resnet.npz"
     np.savez(npz, x=np.zeros(1))
-    with pytest.raises(ValueError, match="load_official_resnet_file"):
+    # formats: keras_gald.backbones.pretrained (tests/backbones/test_pretrained.py)
+    with pytest.raises(ValueError, match=r"resnet\.npz: not a ResNet state dict"):
         build_resnet(TINY, weights=npz)
+    other = tmp_path / "resnet.txt"
+    other.write_text("x")
+    with pytest.raises(ValueError, match=r"unsupported weights file .*resnet\.txt"):
+        build_resnet(TINY, weights=other)
 
 
 # ----------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from keras_gald.convert.official import (
     load_official_state_dict,
     official_state_dict_from_keras,
 )
+from keras_gald.convert.official_resnet import read_state_dict
 from keras_gald.losses import SegmentationCrossEntropy
 from keras_gald.models.gald import GALD
 from keras_gald.models.official import build_gald_head, official_gald_v1
@@ -159,7 +160,7 @@ def test_npz_file_and_torch_like_tensors(tmp_path):
     np.testing.assert_array_equal(other(x).numpy(), head(x).numpy())
 
 
-def test_pth_without_torch_is_a_clear_error(tmp_path):
+def test_pth_without_torch_is_read_or_a_clear_error(tmp_path):
     head = build_gald_head(8, 2, interplanes=16)
     with pytest.raises(FileNotFoundError, match="not found"):
         load_official_state_dict(head, tmp_path / "absent.npz")
@@ -168,8 +169,14 @@ def test_pth_without_torch_is_a_clear_error(tmp_path):
     except ImportError:
         path = tmp_path / "GALD_res50.pth"
         path.write_bytes(b"not read")
-        with pytest.raises(ImportError, match="needs PyTorch"):
+        with pytest.raises(ValueError, match=r"GALD_res50\.pth.*PyTorch is not installed"):
             load_official_state_dict(head, path)
+        from tests.backbones._torch_files import save_zip
+
+        state = {"a.weight": np.arange(6, dtype=np.float32).reshape(2, 3, 1, 1)}
+        save_zip(path, state)
+        read = read_state_dict(path)
+        np.testing.assert_array_equal(read["a.weight"], state["a.weight"])
     else:
         pytest.skip("PyTorch is installed")
 

@@ -14,6 +14,11 @@
   `resnet_tiny` + ASPP, images at 0.375x (random scale 0.3-0.45, crop 112x144),
   OHEM (0.7, min_kept 8.5 % of a batch's pixels) + aux loss 0.4, SGD LR 0.05 poly 0.9,
   batch 8, 1400 steps. Reads `--data-dir` laid out as train|val/images|labels.
+* `folder`: your own images and masks (`--dataset folder --data-dir D`, see
+  `keras_gald.data.folder_dataset`): the `camvid` CPU recipe (`resnet_tiny`, 1000 steps,
+  batch 8, CE + aux loss) with `auto_size`: crop, random-scale range and evaluation scale
+  chosen from the median image size (`suggest_training_sizes`: short side scaled to <= 128,
+  crops <= 128x160), so a run takes minutes on 2 CPU cores.
 * `ade20k`, `pascal_context`, `coco_stuff`: the paper's backbone/head with the
   settings commonly used for these datasets in the GALD/DANet line of work
   (crop 512, batch 16, LR 0.01 poly, OHEM off); iteration counts are the usual
@@ -125,6 +130,24 @@ PRESETS = {
         notes="from-scratch CamVid recipe for 2 CPU cores, chosen by "
               "benchmarks/camvid_recipe_sweep.py (not the paper's)",
     ),
+    "folder": TrainConfig(
+        name="folder",
+        dataset="folder",
+        **dict(
+            _CPU_RECIPE,
+            backbone="resnet_tiny",
+            auto_size=True,  # crop / scale / eval scale from the image sizes found
+            scale_step=None,
+            cache=True,
+            dropout=0.0,
+            steps=1000,
+            loss="ce",
+            aux_head=True,
+            aux_loss_weight=0.4,
+        ),
+        notes="your own data (--dataset folder --data-dir D): the small from-scratch CPU "
+              "recipe of camvid (crop / scales from the image sizes)",
+    ),
     "ade20k": _paper_preset(
         "ade20k",
         **_BENCHMARK_RECIPE,
@@ -147,6 +170,16 @@ PRESETS = {
         notes="common COCO-Stuff settings, not verified against the authors' code",
     ),
 }
+
+
+# Printed by `keras-gald train --dataset folder`: the paper's full-size recipe.
+FOLDER_FULL_SIZE_HINT = (
+    "hint: these are small CPU settings. The paper's full-size recipe (GPU): --set "
+    "backbone=resnet101 --set backbone_weights=resnet101-deep.pth --set head_channels=512 "
+    "--set aspp_filters=256 --set auto_size=false --crop 769 --set scale_range=0.5,2.0 "
+    "--set scale_step=0.1 --set eval_scale=1 --set lr=0.01 --set loss=ohem --batch-size 8 "
+    "--steps 40000 (the cityscapes preset's model and optimiser)"
+)
 
 
 def names():
