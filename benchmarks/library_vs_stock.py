@@ -1,8 +1,10 @@
-"""The library's fast paths against the stock ones they replace, in whole networks (issue #8).
+"""The library's fast paths against the stock ones they replace, in whole networks.
 
-Each `--changes` entry names one optimisation of keras_gald and how to turn it
-off; for each case below one network is built twice, once as the library
-builds it and once with that change switched off while its graph is traced,
+Each `--changes` entry names one optimisation of keras_gald (a
+`keras_gald.ops.Policy` switch); for each case below one network is built
+twice, once with that change switched on and once with it switched off while
+its graph is traced (whatever this machine's default policy says, so the same
+command shows whether a path wins on an AVX2 / oneDNN-off machine too),
 and the two are timed in turns (`speed.time_interleaved`: one call of each per
 round), so a slow spell of a shared machine hits both.
 
@@ -21,11 +23,11 @@ Changes:
                   against the path `dilated_conv2d` takes without it (one
                   `tf.nn.conv2d`, channel slices, or one matmul per tap).
     winograd_bf16 the same for bfloat16 convolutions with >= 512 x 512 weights
-                  per tap (`WINOGRAD_MIN_WEIGHTS_BF16`, `WINOGRAD_COST_BF16`).
+                  per tap (`Policy.winograd_min_weights_bf16`, `winograd_cost_bf16`).
     taps_forward_bf16
                   bfloat16 convolutions on the taps path (large rates on small
                   maps) run their forward as one `tf.nn.conv2d(dilations=...)`
-                  (`TAPS_DIRECT_FORWARD_DTYPES`) against one matmul per tap.
+                  (`Policy.taps_direct_forward_bf16`) against one matmul per tap.
     ldv2_fold     LDv2 (impl="slices") applies its output 1x1 conv before the
                   neighbourhood sum, folded into the value projection
                   (`LDv2.folds_output_projection`), against Eq. (8) literally
@@ -92,25 +94,31 @@ def _swapped(owner, attribute, value):
         setattr(owner, attribute, saved)
 
 
-def stock_path(change):
-    """A context in which graphs traced run without `change`."""
+_POLICY_FIELDS = {"conv_slices": "conv_slices", "winograd": "winograd",
+                  "winograd_bf16": "winograd_bf16",
+                  "taps_forward_bf16": "taps_direct_forward_bf16", "ldv2_fold": "ldv2_fold"}
+
+
+def change_path(change, on):
+    """A context in which graphs traced run with (`on=True`) or without `change`,
+    whatever this machine's default `keras_gald.ops.Policy` says."""
     import keras
 
-    from keras_gald.layers import conv, ldv2, norm
+    from keras_gald.layers import norm
+    from keras_gald.ops import Policy
 
     if change == "batchnorm":
+        if on:
+            return contextlib.nullcontext()
         return _swapped(norm.FusedBatchNormalization, "call", keras.layers.BatchNormalization.call)
-    if change == "conv_slices":
-        return _swapped(conv, "SLICE_MIN_CHANNELS", float("inf"))
-    if change == "winograd":
-        return _swapped(conv, "WINOGRAD_MIN_WEIGHTS", float("inf"))
-    if change == "winograd_bf16":
-        return _swapped(conv, "WINOGRAD_MIN_WEIGHTS_BF16", float("inf"))
-    if change == "taps_forward_bf16":
-        return _swapped(conv, "TAPS_DIRECT_FORWARD_DTYPES", ())
-    if change == "ldv2_fold":
-        return _swapped(ldv2, "FOLD_OUTPUT_PROJECTION", False)
+    if change in _POLICY_FIELDS:
+        return Policy.current().replace(**{_POLICY_FIELDS[change]: on})
     raise SystemExit(f"unknown change {change!r}; known: {DEFAULT_CHANGES}")
+
+
+def stock_path(change):
+    """A context in which graphs traced run without `change`."""
+    return change_path(change, on=False)
 
 
 _CONV_METHODS = ("auto", "conv", "taps", "winograd")
@@ -237,8 +245,9 @@ def run_case(args, change, case):
         settle = 1 if kind == "train" else 0
     speed.set_policy(mode)
     try:
-        ours = build_ours()
-        ours()  # traced as the library runs
+        with change_path(change, on=True):
+            ours = build_ours()
+            ours()  # traced with the change, whatever this machine's default
         with stock_path(change):
             stock = build_stock()
             stock()  # traced (and cached) without the change

@@ -331,13 +331,18 @@ def machine_info(threads, torch_mod):
         "tf_devices": [d.name for d in tf.config.list_logical_devices()],
         "threads": threads,
     }
-    # What the library's CPU dispatch reads (keras_gald.ops.machine), printed as
+    # What the library's CPU dispatch reads (keras_gald.ops.machine()), printed as
     # the header of every benchmark: results differ between AVX2 and AVX-512
     # CPUs and with oneDNN on or off.
-    from keras_gald.ops import machine
+    from keras_gald.ops import Policy, machine
 
     info["keras_gald_machine"] = machine().to_dict()
+    info["keras_gald_policy"] = Policy.current().to_dict()
     log(f"machine: {machine().describe()}; flags: {' '.join(interesting)}")
+    switches = ("winograd", "winograd_bf16", "conv_slices", "taps", "taps_direct_forward_bf16",
+                "ldv2_fold", "jit_slices")
+    log("kernel policy: " + ", ".join(
+        f"{name} {'on' if getattr(Policy.current(), name) else 'off'}" for name in switches))
     if torch_mod is not None:
         info["torch"] = torch_mod.__version__
         info["torch_threads"] = torch_mod.get_num_threads()
@@ -717,15 +722,11 @@ def measure_forward(args, torch, torch_ref, results):
                 # bf16 takes Winograd only for wider kernels. Its taps-path
                 # convs run as dense dilated Conv2D ops whose oneDNN kernel
                 # skips the padding taps, so they are counted as the taps.
-                from keras_gald.layers import conv as conv_module
+                from keras_gald.ops import Policy
 
-                saved = conv_module.TAPS_DIRECT_FORWARD_DTYPES
-                conv_module.TAPS_DIRECT_FORWARD_DTYPES = ()
-                try:
+                with Policy.current().replace(taps_direct_forward_bf16=False):
                     flops["gflop_executed_bf16"] = count_flops(
                         _inference_fn(model_for("bf16")).get_concrete_function(images))["gflop"]
-                finally:
-                    conv_module.TAPS_DIRECT_FORWARD_DTYPES = saved
             if name not in results.get("params", {}):
                 torch_model = torch_job["model"] if torch_job is not None else None
                 _record_params(results, name, model_for("fp32"), torch_model, torch_ref)

@@ -57,6 +57,18 @@ def official_fixture():
     return OfficialFixture
 
 
+@pytest.fixture
+def kernel_policy():
+    """`kernel_policy(**changes)` enters `keras_gald.ops.Policy.current().replace(**changes)`
+    until the end of the test (the kernels read it when graphs are traced)."""
+    import contextlib
+
+    from keras_gald.ops import Policy
+
+    with contextlib.ExitStack() as stack:
+        yield lambda **changes: stack.enter_context(Policy.current().replace(**changes))
+
+
 def assert_close_relative(actual, expected, rtol=1e-4, err_msg=""):
     """max|a - e| <= rtol * max|e| (the issue's 'relative to the output's scale')."""
     actual = np.asarray(actual, np.float64)

@@ -2,49 +2,44 @@
 
 Stock `keras.layers.Conv2D(dilation_rate > 1)` lowers through
 `tf.nn.convolution`, which rewrites a dilated convolution as
-space-to-batch + convolution + batch-to-space. On CPU that is 1.5-5.7x slower
-for ASPP rates and pathological for the backward pass under XLA. Calling
+space-to-batch + convolution + batch-to-space: slower on CPU, and
+pathological for the backward pass under XLA. Calling
 `tf.nn.conv2d(..., dilations=...)` directly reaches oneDNN's (and cuDNN's)
 native dilated kernels and computes the same numbers.
 
-TF's CPU backward kernels (`Conv2DBackpropInput/Filter`) reject dilations > 1,
-so the gradient is written out here: the input gradient is itself a dilated
-stride-1 convolution (of the output gradient with the flipped, transposed
-kernel), and the kernel gradient is k*k matmuls of shifted input slices
-against the output gradient — the same FLOPs as the forward pass, and no
-space-to-batch anywhere.
+TF's CPU backward kernels (`Conv2DBackpropInput/Filter`) reject dilations > 1
+(unless oneDNN is on), so the gradient is written out here: the input gradient
+is itself a dilated stride-1 convolution (of the output gradient with the
+flipped, transposed kernel), and the kernel gradient is k*k matmuls of shifted
+input slices against the output gradient — the same FLOPs as the forward pass,
+and no space-to-batch anywhere.
 
 At rate 1 the same hand-written gradient is kept for k x k kernels (k > 1):
 TF's `Conv2DBackpropInput` is slower on CPU than a forward conv with the
-flipped kernel. Small kernels (at most `TF_FILTER_GRAD_MAX_WEIGHTS` weights
-per tap) take TF's `Conv2DBackpropFilter` for the kernel gradient, which beats
-nine window matmuls there. 1x1 stride-1 convolutions get their gradients as
-the two matmuls they are (`pointwise_conv2d`).
+flipped kernel. Small kernels (`Policy.tf_filter_grad_max_weights`) take TF's
+`Conv2DBackpropFilter` for the kernel gradient, which beats k*k window
+matmuls there. 1x1 stride-1 convolutions get their gradients as the two
+matmuls they are (`pointwise_conv2d`).
 
-When the dilation is large against the map (ASPP's rates 12/24/36 on the 64x64
-map of a 512x512 image), most taps of a "SAME" convolution read padding: at
-rate 36 the eight outer taps overlap the image on 28 of 64 rows or columns.
-`dilated_conv2d` then computes each tap as one matmul over the region where it
-reads the image (forward and both gradients), skipping the zeros exactly;
-at 64x64, 2048 -> 256 channels on a 2-core CPU, forward: 267 -> 120 ms at
-rate 36, 273 -> 235 ms at rate 12 (`benchmarks/speed.py --sections dilated_conv`).
-In bfloat16 on CPU only the gradients do so: oneDNN's bf16 kernel skips those
-taps itself, so the forward stays one dilated conv (`TAPS_DIRECT_FORWARD_DTYPES`).
+The CPU fast paths below are switched and tuned by `keras_gald.ops.Policy`
+(defaults per machine; see that module and benchmarks/README.md):
 
-On CPU, wide float32 kernels (>= `SLICE_MIN_CHANNELS` input or output
-channels, e.g. the heads' 3x3 2048 -> 512 convs) run as convolutions over
-512-channel slices (`conv2d_sliced`), forward and input gradient, which oneDNN
-runs faster than one whole convolution.
-
-On CPU, float32 3x3 "SAME" convolutions with at least `WINOGRAD_MIN_WEIGHTS`
-weights per tap (256 x 256: the backbone's stage-3/4 convs, ASPP's rate-12
-branch on a 64x64 map, the heads' 3x3 convs) run by Winograd F(2x2, 3x3)
-(`keras_gald.layers.winograd`): 4/9 of the multiply-adds, as 16 batched
-matmuls between tile transforms, in graphs traced outside `portable_ops()`.
-bfloat16 ones do so from `WINOGRAD_MIN_WEIGHTS_BF16` (512 x 512: the heads'
-3x3 convs, the rate-4 stage-4 conv at output stride 8), at about 2.6x
-the direct bf16 conv's rounding error (tests/layers/test_winograd.py); set
-that constant to `float("inf")` before tracing to keep them direct.
+- taps: when the dilation is large against the map (ASPP's rates 12/24/36 on
+  the 64x64 map of a 512x512 image) most taps of a "SAME" convolution read
+  padding; each tap is then one matmul over the region where it reads the
+  image (forward and both gradients), skipping the zeros exactly. With
+  oneDNN, bfloat16 forwards stay one dilated conv (its bf16 kernel skips
+  those taps itself; `taps_direct_forward_bf16`).
+- conv_slices: with oneDNN, wide float32 kernels (the heads' 3x3 2048 -> 512
+  convs) run as convolutions over 512-channel slices (`conv2d_sliced`),
+  forward and input gradient: oneDNN's fp32 kernel reaches less of the
+  machine on one whole wide convolution.
+- winograd: with oneDNN, wide 3x3 "SAME" float32 (and, with bf16
+  instructions, bfloat16) convolutions run by Winograd F(2x2, 3x3)
+  (`keras_gald.layers.winograd`): 4/9 of the multiply-adds as 16 batched
+  matmuls between tile transforms, in graphs traced outside
+  `portable_ops()`. bfloat16 ones round about as much as the machine's own
+  bf16 kernels (tests/layers/test_winograd.py).
 """
 
 import keras
@@ -53,87 +48,16 @@ import tensorflow as tf
 from keras_gald.layers.portable import gpu_visible, inside_xla_cluster, may_use_xla
 from keras_gald.layers.sequencing import after
 from keras_gald.layers.winograd import extended_size, winograd_conv3x3
+from keras_gald.ops import Policy
 
 
-# At or below this share of the dense work (taps x output pixels) the per-tap
-# matmuls win. `benchmarks/speed.py --sections dilated_conv` (3x3, 2048 -> 256,
-# 2-core CPU; benchmarks/results/dilated_conv_cpu.json), forward + backward,
-# conv / taps: share 0.96 (64x64, rate 2) 1148 / 1454 ms; 0.84 (2x16x16,
-# rate 2) 172 / 157 ms; 0.77 (64x64, rate 12) 1412 / 1044 ms.
-TAPS_MAX_FRACTION = 0.8
-# For these dtypes on CPU the taps path runs its forward as one
-# `tf.nn.conv2d(dilations=...)` and keeps the per-tap gradient: oneDNN's bf16
-# kernel skips the taps that read padding itself, without the per-tap window
-# copies. 3x3 on 1x64x64, bf16 forward, conv / taps: 2048 -> 256 at rate 12
-# 125 / 173 ms, rate 24 60 / 78, rate 36 43 / 51; 512 -> 512 at rate 16 36 /
-# 47; forward + backward, the per-tap gradient wins at rates 24 and 36 (conv
-# 287 / 240 ms, taps 252 / 186); float32 forward ties (2048 -> 256, rate 12
-# 157 / 164, rate 24 140 / 134) (benchmarks/results/taps_vs_conv_cpu.json).
-# Where only the centre tap reads the image, the taps path stays whole: on
-# 2x16x16 at rate 16, 512 -> 512, the direct forward took 5.1 ms against 3.4
-# (benchmarks/results/taps_forward_bf16_small_maps_cpu.json, before it).
-# The change in turns: `python benchmarks/library_vs_stock.py --changes
-# taps_forward_bf16`, benchmarks/results/taps_forward_bf16_cpu.json.
-TAPS_DIRECT_FORWARD_DTYPES = (tf.bfloat16,)
-# At rate 1, kernels with at most this many (C_in x C_out) weights per tap take
-# TF's Conv2DBackpropFilter for the kernel gradient: for small matrices it beats
-# nine window matmuls (`benchmarks/speed.py --sections train_layers`).
-TF_FILTER_GRAD_MAX_WEIGHTS = 128 * 128
-# On CPU, float32 k x k convolutions with this many input (or output) channels
-# or more run as several convolutions over `CHANNEL_SLICE`-channel slices
-# (summed over input slices, concatenated over output slices): oneDNN's fp32
-# kernel reaches less of the machine on such wide kernels (the GALD heads'
-# 3x3 2048/2560 -> 512 convs and their input gradients). Whole networks on a
-# 2-core AVX-512 CPU, in turns (`python benchmarks/library_vs_stock.py
-# --changes conv_slices`, benchmarks/results/conv_slices_cpu.json): authors'
-# v1 R50 forward at 512x512 2256 -> 2050 ms, its training step at 2x128x128
-# 1252 -> 1139 ms, R50 FCN forward 1619 -> 1516 ms. bfloat16 kernels stay
-# whole (slicing was measured for float32 only).
-SLICE_MIN_CHANNELS = 1024
-CHANNEL_SLICE = 512
-# On CPU, float32 stride-1 "SAME" 3x3 convolutions with at least this many
-# (C_in x C_out) weights per tap run by Winograd F(2x2, 3x3)
-# (`keras_gald.layers.winograd`), unless skipping padding taps does less work
-# (`WINOGRAD_COST`). Against the path taken without it, forward / forward +
-# backward, 2-core AVX-512 CPU (`python benchmarks/library_vs_stock.py
-# --changes winograd`, benchmarks/results/winograd_cpu.json): 2304 -> 512 on
-# 1x64x64 0.55 / 0.57; 512 -> 512 at rate 4 0.63 / 0.56; 256 -> 256 at rate 2
-# 0.74 / 0.71 (2x16x16: 0.82 / 0.66); below the threshold, forced: 128 -> 128
-# 0.91 / 1.02, 64 -> 64 on 1x128x128 1.29 / 1.22.
-WINOGRAD_MIN_WEIGHTS = 256 * 256
-# Winograd's time per multiply-add against the direct and taps paths' (its
-# transforms are memory passes): `auto_method` picks it where
-# `WINOGRAD_COST * winograd_fraction` is below the other path's share of the
-# dense work. Against the taps, same file: rate 16 on 64x64 (0.44 vs 0.69 of
-# the dense work) 0.73 / 0.74; rate 12 (0.56 vs 0.77) 0.87 / 0.83; forced at
-# rate 24 (1.0 vs 0.56) 2.22 / 1.91.
-WINOGRAD_COST = 1.3
-# Winograd holds its transformed input (16 values per 2x2 outputs: 4x the
-# input, and kept for the backward pass in training); above this many bytes
-# the layer takes the direct path. At 512x512 the widest (the head's 3x3
-# 2304 -> 512 on the 64x64 map) needs 144 MiB; on the 1/8 map of a 1024x2048
-# image the heads' and ASPP's would need 1.1-1.2 GiB each.
-WINOGRAD_MAX_BYTES = 256 * 2**20
-# ... and below this many output pixels (N x H x W, N = 1 where not static) it
-# keeps the direct path too: each new shape costs an XLA compile of the
-# transforms (tests/models/test_official.py::test_forward_training_and_inference,
-# the authors' v1 R50 at 113x121 with 15x16 maps, eager call + predict + training
-# call: 2.9 s before Winograd, 11.7 s with it on these maps, `pytest
-# --durations`), and 2x16x16 (a 128x128 training crop) is the smallest map where
-# Winograd was measured to win.
-WINOGRAD_MIN_PIXELS = 512
-# bfloat16 (mixed_bfloat16 on CPU): oneDNN's bf16 matmuls run about twice as
-# fast as float32 ones while the transforms still pass the map through memory
-# (in float32 inside, bf16 out), so Winograd needs wider kernels and a larger
-# saving to win. Against the path taken without it, forward / forward +
-# backward, 2-core AVX-512 CPU (`python benchmarks/library_vs_stock.py
-# --changes winograd_bf16`, benchmarks/results/winograd_bf16_cpu.json):
-# 2304 -> 512 on 1x64x64 0.78 / 0.57; 512 -> 512 at rate 4 0.83 / 0.71, at
-# rate 8 0.91 / 0.68; 1024 -> 256 (the aux head) 1.00 / 0.72; forced below
-# these thresholds, 256 -> 256 at rate 2 1.39 and 2048 -> 256 at rate 12
-# (vs taps) 1.18 forward.
-WINOGRAD_MIN_WEIGHTS_BF16 = 512 * 512
-WINOGRAD_COST_BF16 = 1.8
+# The switches and thresholds of these paths are fields of
+# `keras_gald.ops.Policy`, read at trace time; their defaults depend on the
+# machine (`keras_gald.ops.machine()`). Each was measured in whole networks and
+# single convs, in turns, on both kinds of CPU kernels (oneDNN on and off):
+# `python benchmarks/library_vs_stock.py --changes <name>` (taps:
+# `benchmarks/speed.py --sections dilated_conv`); the tables are in
+# benchmarks/README.md, "Dispatch per machine".
 _METHODS = ("auto", "conv", "taps", "winograd")
 
 
@@ -168,25 +92,32 @@ def auto_method(height, width, kernel_shape, dilations, padding, dtype, winograd
 
     Returns:
         `"taps"` when `H, W` are static, the padding `"SAME"` and the taps touch
-        at most `TAPS_MAX_FRACTION` of the dense work, else `"conv"`; either
+        at most `taps_max_fraction` of the dense work, else `"conv"`; either
         replaced by `"winograd"` for float32 3x3 kernels with equal rates and at
-        least `WINOGRAD_MIN_WEIGHTS` weights per tap where `WINOGRAD_COST *
+        least `winograd_min_weights` weights per tap where `winograd_cost *
         winograd_fraction` is below that path's share of the dense work and
-        the transformed input fits in `WINOGRAD_MAX_BYTES`, on maps of at least
-        `WINOGRAD_MIN_PIXELS` output pixels; for bfloat16 the same with
-        `WINOGRAD_MIN_WEIGHTS_BF16` and `WINOGRAD_COST_BF16`. Other dtypes
-        never take Winograd.
+        the transformed input fits in `winograd_max_bytes`, on maps of at least
+        `winograd_min_pixels` output pixels; for bfloat16 the same with
+        `winograd_min_weights_bf16` and `winograd_cost_bf16`. Other dtypes
+        never take Winograd. The switches and thresholds are those of the
+        current `keras_gald.ops.Policy`.
     """
     kh, kw, c_in, c_out = (int(v) for v in kernel_shape)
     rh, rw = int(dilations[0]), int(dilations[1])
     if padding != "SAME" or height is None or width is None:
         return "conv"
+    policy = Policy.current()
     fraction = taps_fraction(height, width, (kh, kw), (rh, rw))
-    method, share = ("taps", fraction) if fraction <= TAPS_MAX_FRACTION else ("conv", 1.0)
+    if policy.taps and fraction <= policy.taps_max_fraction:
+        method, share = "taps", fraction
+    else:
+        method, share = "conv", 1.0
     dtype = tf.as_dtype(dtype)
     min_weights, cost = {
-        tf.float32: (WINOGRAD_MIN_WEIGHTS, WINOGRAD_COST),
-        tf.bfloat16: (WINOGRAD_MIN_WEIGHTS_BF16, WINOGRAD_COST_BF16),
+        tf.float32: (policy.winograd_min_weights, policy.winograd_cost)
+        if policy.winograd else (None, None),
+        tf.bfloat16: (policy.winograd_min_weights_bf16, policy.winograd_cost_bf16)
+        if policy.winograd_bf16 else (None, None),
     }.get(dtype, (None, None))
     if (
         winograd_allowed
@@ -195,8 +126,9 @@ def auto_method(height, width, kernel_shape, dilations, padding, dtype, winograd
         and rh == rw
         and c_in * c_out >= min_weights
         and cost * winograd_fraction(height, width, rh) < share
-        and winograd_input_bytes(batch, height, width, c_in, rh, dtype.size) <= WINOGRAD_MAX_BYTES
-        and batch * height * width >= WINOGRAD_MIN_PIXELS
+        and winograd_input_bytes(batch, height, width, c_in, rh, dtype.size)
+        <= policy.winograd_max_bytes
+        and batch * height * width >= policy.winograd_min_pixels
     ):
         return "winograd"
     return method
@@ -288,8 +220,10 @@ def _sliced_channels(kernel):
     """The kernel axis (2: input, 3: output channels) `conv2d_sliced` splits, or None."""
     if kernel.dtype != tf.float32 or gpu_visible():
         return None
+    policy = Policy.current()
     c_in, c_out = int(kernel.shape[2]), int(kernel.shape[3])
-    if max(c_in, c_out) < SLICE_MIN_CHANNELS or (kernel.shape[0], kernel.shape[1]) == (1, 1):
+    if not policy.conv_slices or max(c_in, c_out) < policy.slice_min_channels \
+            or (kernel.shape[0], kernel.shape[1]) == (1, 1):
         return None
     return 2 if c_in >= c_out else 3
 
@@ -310,9 +244,9 @@ def conv2d_sliced(x, kernel, padding, dilations):
     axis = _sliced_channels(kernel)
     if axis is None:
         return tf.nn.conv2d(x, kernel, strides=1, padding=padding, dilations=dilations)
-    parts = []
-    for start in range(0, int(kernel.shape[axis]), CHANNEL_SLICE):
-        stop = start + CHANNEL_SLICE
+    parts, step = [], int(Policy.current().channel_slice)
+    for start in range(0, int(kernel.shape[axis]), step):
+        stop = start + step
         if axis == 2:
             part = tf.nn.conv2d(x[..., start:stop], kernel[:, :, start:stop, :], strides=1,
                                 padding=padding, dilations=dilations)
@@ -334,7 +268,8 @@ def dilated_conv2d(inputs, kernel, dilations, padding, method="auto"):
         method: `"conv"` (`tf.nn.conv2d(dilations=...)`), `"taps"` (one matmul
             per tap over the region it reads; `"SAME"` with static `H, W`
             only; bfloat16 on CPU runs its forward as the direct conv,
-            `TAPS_DIRECT_FORWARD_DTYPES`), `"winograd"` (F(2x2, 3x3), `keras_gald.layers.winograd`;
+            `Policy.taps_direct_forward_bf16`), `"winograd"` (F(2x2, 3x3),
+            `keras_gald.layers.winograd`;
             3x3 `"SAME"` with equal rates and static `H, W` only) or `"auto"`
             (default): `auto_method`'s choice, Winograd only in graphs traced
             outside `portable_ops()` and outside a whole-function XLA compile
@@ -383,7 +318,8 @@ def dilated_conv2d(inputs, kernel, dilations, padding, method="auto"):
 
         # A lone centre tap is one matmul over the whole map, no window copy.
         direct_forward = (
-            inputs.dtype in TAPS_DIRECT_FORWARD_DTYPES
+            inputs.dtype == tf.bfloat16
+            and Policy.current().taps_direct_forward_bf16
             and len(taps) > 1
             and not gpu_visible()
         )
@@ -402,6 +338,8 @@ def dilated_conv2d(inputs, kernel, dilations, padding, method="auto"):
         return conv_taps(inputs, tf.identity(kernel))
 
     c_in, c_out = int(kernel.shape[2]), int(kernel.shape[3])
+    tf_filter_grad = (rh, rw) == (1, 1) \
+        and c_in * c_out <= Policy.current().tf_filter_grad_max_weights
 
     @tf.custom_gradient
     def conv(x, k):
@@ -415,7 +353,7 @@ def dilated_conv2d(inputs, kernel, dilations, padding, method="auto"):
             else:
                 dy_in = dy
             dx = conv2d_sliced(dy_in, flipped, padding, [1, rh, rw, 1])
-            if (rh, rw) == (1, 1) and c_in * c_out <= TF_FILTER_GRAD_MAX_WEIGHTS:
+            if tf_filter_grad:
                 dk = tf.raw_ops.Conv2DBackpropFilter(
                     input=x, filter_sizes=tf.shape(k), out_backprop=dy,
                     strides=[1, 1, 1, 1], padding=padding,
@@ -477,7 +415,7 @@ class DilatedConv2D(keras.layers.Conv2D):
     backprop kernels: `dilated_conv2d`'s for k x k, `pointwise_conv2d`'s
     matmuls for 1x1). Grouped
     convolutions fall back to Keras' own path. With `padding="same"` and a
-    static input size where at most `TAPS_MAX_FRACTION` of the taps' work
+    static input size where at most `Policy.taps_max_fraction` of the taps' work
     reads the image (large rates on small maps), it runs one matmul per tap
     over the region that tap reads; wide float32 and bfloat16 3x3 kernels
     traced in a graph on CPU run by Winograd F(2x2, 3x3)
@@ -507,9 +445,8 @@ class DilatedConv2D(keras.layers.Conv2D):
             return super().convolution_op(inputs, kernel)
         if odd and max(self.kernel_size) > 1 and unit_stride:
             # Same forward (tf.nn.conv2d); the hand-written gradient beats TF's
-            # CPU backprop kernels at rate 1 too: 3x3, 2048 -> 256, forward +
-            # backward, TF / ours: 2x16x16 199 / 159 ms, 1x64x64 1286 / 1217 ms
-            # (benchmarks/results/dilated_conv_cpu.json).
+            # CPU backprop kernels at rate 1 too (`benchmarks/speed.py
+            # --sections dilated_conv`, benchmarks/results/dilated_conv_cpu.json).
             return dilated_conv2d(inputs, kernel, (1, 1), self.padding)
         if self.kernel_size == (1, 1) and unit_stride:
             return pointwise_conv2d(inputs, kernel)

@@ -36,6 +36,7 @@ from keras_gald.layers.conv import DilatedConv2D, pointwise_conv2d
 from keras_gald.layers.norm import batch_norm
 from keras_gald.layers.portable import may_use_xla
 from keras_gald.layers.sequencing import after
+from keras_gald.ops import Policy
 
 _PADDINGS = ("zeros", "mask")
 _COMBINES = ("concat", "none")
@@ -44,10 +45,6 @@ _IMPLS = ("patches", "slices")
 # exp(-1e9 - max) is exactly 0 in float32; the centre neighbour is always
 # inside the image, so every softmax row keeps at least one finite logit.
 _MASKED_LOGIT = -1e9
-# Fold the output 1x1 conv into the value projection (impl="slices", see
-# `LDv2.folds_output_projection`). A module switch so that benchmarks can time
-# the unfolded layer (`benchmarks/library_vs_stock.py --changes ldv2_fold`).
-FOLD_OUTPUT_PROJECTION = True
 
 
 # --------------------------------------------------------------------------
@@ -281,7 +278,9 @@ class LDv2(keras.layers.Layer):
             `fit`, `tf.function`); the rest of the model is unaffected. XLA
             compiles once per input shape. Eager calls and graphs traced
             under `portable_ops()` (all of `keras_gald.export`) use plain TF
-            ops. Default True.
+            ops. Default None: the current `keras_gald.ops.Policy`'s
+            `jit_slices` (True unless changed), decided per machine at trace
+            time rather than stored in the saved model.
         scale: divide the logits by `sqrt(key_channels / num_heads)`. Default True.
         sync_bn: synchronized BatchNorm for the output BN. Default False.
         **kwargs: `keras.layers.Layer` arguments (`name`, `dtype`, ...).
@@ -318,7 +317,7 @@ class LDv2(keras.layers.Layer):
         padding="zeros",
         combine="concat",
         impl="slices",
-        jit_slices=True,
+        jit_slices=None,
         scale=True,
         sync_bn=False,
         **kwargs,
@@ -334,7 +333,7 @@ class LDv2(keras.layers.Layer):
         self.padding = padding
         self.combine = combine
         self.impl = impl
-        self.jit_slices = bool(jit_slices)
+        self.jit_slices = None if jit_slices is None else bool(jit_slices)
         self.scale = bool(scale)
         self.sync_bn = bool(sync_bn)
 
@@ -507,7 +506,7 @@ class LDv2(keras.layers.Layer):
         literally, as the reference.
         """
         return (
-            FOLD_OUTPUT_PROJECTION
+            Policy.current().ldv2_fold  # off: `library_vs_stock.py --changes ldv2_fold`
             and self.impl == "slices"
             and self.output_projection
             and self.out_conv is not None
@@ -548,7 +547,7 @@ class LDv2(keras.layers.Layer):
         if self.impl == "patches":
             logits = tf.einsum("nyxhd,nyxkhd->nyxhk", q, self._patches(k))
         else:
-            logits = _local_logits(q, k, self._offsets, self._pad, jit=self.jit_slices)
+            logits = _local_logits(q, k, self._offsets, self._pad, jit=self._jit_slices())
         if self.padding == "mask":
             logits = tf.where(self._valid(q), logits, _MASKED_LOGIT)
         return logits
@@ -570,7 +569,7 @@ class LDv2(keras.layers.Layer):
     def _aggregate(self, w, v):
         if self.impl == "patches":
             return tf.einsum("nyxhk,nyxkhd->nyxhd", w, self._patches(v))
-        return _local_aggregate(w, v, self._offsets, self._pad, jit=self.jit_slices)
+        return _local_aggregate(w, v, self._offsets, self._pad, jit=self._jit_slices())
 
     def attention_weights(self, inputs):
         """Local affinities, float32 `(N, H, W, num_heads, kernel_size**2)`.
@@ -606,6 +605,10 @@ class LDv2(keras.layers.Layer):
         if self.combine == "concat":
             return tf.concat([x_gald, x_local], axis=-1)
         return x_gald
+
+    def _jit_slices(self):
+        """The layer's `jit_slices`, else the current `keras_gald.ops.Policy`'s."""
+        return Policy.current().jit_slices if self.jit_slices is None else self.jit_slices
 
     def get_config(self):
         config = super().get_config()

@@ -6,8 +6,8 @@ import pytest
 import tensorflow as tf
 
 from keras_gald.layers import conv as conv_module
+from keras_gald.ops import Policy
 from keras_gald.layers.conv import (
-    TAPS_MAX_FRACTION,
     DilatedConv2D,
     dilated_conv2d,
     pointwise_conv2d,
@@ -57,9 +57,9 @@ def _assert_close_to(ours, ref, tolerance=1e-5):
 @pytest.mark.parametrize("padding", ["SAME", "VALID"])
 @pytest.mark.parametrize("tf_filter_grad", [True, False])
 @pytest.mark.parametrize("jit", [False, True])
-def test_rate_one_kernel_gradient_both_ways(monkeypatch, padding, tf_filter_grad, jit):
+def test_rate_one_kernel_gradient_both_ways(kernel_policy, padding, tf_filter_grad, jit):
     # Small kernels take TF's Conv2DBackpropFilter, large ones the window matmuls.
-    monkeypatch.setattr(conv_module, "TF_FILTER_GRAD_MAX_WEIGHTS", 10**9 if tf_filter_grad else 0)
+    kernel_policy(tf_filter_grad_max_weights=10**9 if tf_filter_grad else 0)
     rng = np.random.default_rng(3)
     x = tf.constant(rng.normal(size=(2, 11, 14, 5)).astype("float32"))
     k = tf.constant(rng.normal(size=(3, 3, 5, 7)).astype("float32"))
@@ -75,11 +75,10 @@ def test_rate_one_kernel_gradient_both_ways(monkeypatch, padding, tf_filter_grad
 @pytest.mark.parametrize("c_in,c_out", [(11, 4), (4, 11), (12, 12)])
 @pytest.mark.parametrize("padding,rate", [("SAME", 1), ("VALID", 1), ("SAME", 3)])
 @pytest.mark.parametrize("jit", [False, True])
-def test_wide_kernels_run_over_channel_slices(monkeypatch, c_in, c_out, padding, rate, jit):
+def test_wide_kernels_run_over_channel_slices(kernel_policy, c_in, c_out, padding, rate, jit):
     # Slices of 3 with an uneven last one; input-channel slices are summed,
     # output-channel slices concatenated (the input gradient of a wide-output conv).
-    monkeypatch.setattr(conv_module, "SLICE_MIN_CHANNELS", 8)
-    monkeypatch.setattr(conv_module, "CHANNEL_SLICE", 3)
+    kernel_policy(conv_slices=True, slice_min_channels=8, channel_slice=3)
     rng = np.random.default_rng(5)
     x = tf.constant(rng.normal(size=(2, 12, 13, c_in)).astype("float32"))
     k = tf.constant(rng.normal(size=(3, 3, c_in, c_out)).astype("float32"))
@@ -126,7 +125,7 @@ def test_taps_geometry():
     assert taps_fraction(64, 64, (3, 3), (36, 36)) == pytest.approx((64 + 2 * 28) ** 2 / (9 * 64**2))
     # Rate >= the side: only the centre tap reads the image.
     assert [t[:2] for t in same_padding_taps(9, 9, (3, 3), (12, 12))] == [(1, 1)]
-    assert taps_fraction(128, 128, (3, 3), (2, 2)) > TAPS_MAX_FRACTION  # backbone rates: conv
+    assert taps_fraction(128, 128, (3, 3), (2, 2)) > Policy().taps_max_fraction  # backbone: conv
 
 
 def _ops(fn, *args):
@@ -143,11 +142,10 @@ def test_auto_picks_taps_only_where_most_taps_read_padding():
 
 
 @pytest.mark.parametrize("direct_forward", [True, False])
-def test_bfloat16_taps_forward_by_the_direct_conv(monkeypatch, direct_forward):
+def test_bfloat16_taps_forward_by_the_direct_conv(kernel_policy, direct_forward):
     # bfloat16 on CPU: the taps path's forward is one dilated tf.nn.conv2d,
     # its gradient still the per-tap matmuls; both agree with float64.
-    if not direct_forward:
-        monkeypatch.setattr(conv_module, "TAPS_DIRECT_FORWARD_DTYPES", ())
+    kernel_policy(taps_direct_forward_bf16=direct_forward)
     rng = np.random.default_rng(6)
     x64 = rng.normal(size=(2, 9, 11, 8))
     k64 = rng.normal(size=(3, 3, 8, 6)) / np.sqrt(72)

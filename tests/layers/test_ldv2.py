@@ -16,6 +16,7 @@ from keras_gald.layers.ldv2 import (
     neighbour_offsets,
 )
 from keras_gald.layers.portable import portable_ops
+from keras_gald.ops import Policy
 from tests.conftest import assert_close_relative
 from tests.layers._helpers import (
     assert_clone_matches,
@@ -100,7 +101,7 @@ def test_patches_and_slices_agree_values_and_gradients(padding, num_heads, size)
 
 @pytest.mark.parametrize("padding", ["zeros", "mask"])
 @pytest.mark.parametrize("num_heads", [1, 2])
-def test_folded_output_projection_matches_unfolded(padding, num_heads, monkeypatch):
+def test_folded_output_projection_matches_unfolded(padding, num_heads):
     """Folding W_o into W_v (fewer channels summed) gives Eq. (8)'s numbers and
     the gradients of both kernels, per head."""
     kwargs = dict(key_channels=4, value_channels=12, out_channels=5, num_heads=num_heads)
@@ -114,9 +115,9 @@ def test_folded_output_projection_matches_unfolded(padding, num_heads, monkeypat
     cotangent = tf.constant(np.random.default_rng(2).standard_normal((2, 9, 13, 5 + CL)), tf.float32)
     assert folded.folds_output_projection
     y_f, g_f = _values_and_grads(folded, xg, xl, cotangent, training=True)
-    monkeypatch.setattr(ldv2, "FOLD_OUTPUT_PROJECTION", False)
-    assert not unfolded.folds_output_projection
-    y_u, g_u = _values_and_grads(unfolded, xg, xl, cotangent, training=True)
+    with Policy.current().replace(ldv2_fold=False):
+        assert not unfolded.folds_output_projection
+        y_u, g_u = _values_and_grads(unfolded, xg, xl, cotangent, training=True)
     assert_close_relative(y_f.numpy(), y_u.numpy(), rtol=1e-5)
     names = ["x_global", "x_local"] + [w.path for w in folded.trainable_weights]
     for name, a, b in zip(names, g_f, g_u):
@@ -478,7 +479,7 @@ def test_jit_slices_matches_plain_graph_and_reference(padding):
     plain = LDv2.from_config({**slices.get_config(), "jit_slices": False, "name": "plain"})
     plain([xg, xl])
     plain.set_weights(slices.get_weights())
-    assert slices.jit_slices and not plain.jit_slices
+    assert slices.jit_slices is None and Policy.current().jit_slices and plain.jit_slices is False
     cot = tf.constant(np.random.default_rng(4).standard_normal((2, 9, 11, 5 + CL)), tf.float32)
     args = (tf.constant(xg), tf.constant(xl))
 

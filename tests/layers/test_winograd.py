@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_gald.layers import conv as conv_module
 from keras_gald.layers import portable_ops
 from keras_gald.layers.conv import (
     DilatedConv2D,
@@ -132,7 +131,7 @@ def _ops(fn, spec):
     return {op.type for op in concrete.graph.get_operations()}, bool(xla_calls(concrete))
 
 
-def test_auto_choice(monkeypatch):
+def test_auto_choice(kernel_policy):
     k = tf.zeros((3, 3, 16, 16))  # 256 weights per tap
     spec = tf.TensorSpec((1, 32, 32, 16), tf.float32)
 
@@ -142,7 +141,7 @@ def test_auto_choice(monkeypatch):
     # Below WINOGRAD_MIN_WEIGHTS: the direct conv.
     ops, xla = _ops(conv(1), spec)
     assert "Conv2D" in ops and not xla
-    monkeypatch.setattr(conv_module, "WINOGRAD_MIN_WEIGHTS", 16 * 16)
+    kernel_policy(winograd=True, winograd_min_weights=16 * 16)
     for rate in (1, 2, 8):  # 4/9 of the work on a 32x32 map (1.3 * 0.44 < 1)
         ops, xla = _ops(conv(rate), spec)
         assert "Conv2D" not in ops and "BatchMatMulV2" in ops and xla, rate
@@ -154,7 +153,7 @@ def test_auto_choice(monkeypatch):
     for dtype in (tf.bfloat16, tf.float16):
         ops, xla = _ops(conv(1, tf.cast(k, dtype)), tf.TensorSpec((1, 32, 32, 16), dtype))
         assert "Conv2D" in ops and not xla, dtype
-    monkeypatch.setattr(conv_module, "WINOGRAD_MIN_WEIGHTS_BF16", 16 * 16)
+    kernel_policy(winograd_bf16=True, winograd_min_weights_bf16=16 * 16)
     ops, xla = _ops(conv(1, tf.cast(k, tf.bfloat16)), tf.TensorSpec((1, 32, 32, 16), tf.bfloat16))
     assert "Conv2D" not in ops and "BatchMatMulV2" in ops and xla
     ops, xla = _ops(conv(1, tf.cast(k, tf.float16)), tf.TensorSpec((1, 32, 32, 16), tf.float16))
@@ -189,11 +188,11 @@ def test_auto_choice(monkeypatch):
     np.testing.assert_array_equal(eager.numpy(), tf.nn.conv2d(x, kernel, 1, "SAME").numpy())
 
 
-def test_auto_keeps_the_direct_conv_above_the_memory_cap(monkeypatch):
-    monkeypatch.setattr(conv_module, "WINOGRAD_MIN_WEIGHTS", 1)
+def test_auto_keeps_the_direct_conv_above_the_memory_cap(kernel_policy):
+    kernel_policy(winograd=True, winograd_min_weights=1)
     assert winograd_input_bytes(1, 32, 30, 16, 1) == 16 * 16 * 15 * 16 * 4
     assert winograd_input_bytes(1, 32, 30, 16, 1, itemsize=2) == 16 * 16 * 15 * 16 * 2
-    monkeypatch.setattr(conv_module, "WINOGRAD_MAX_BYTES", winograd_input_bytes(1, 32, 32, 16, 1))
+    kernel_policy(winograd_max_bytes=winograd_input_bytes(1, 32, 32, 16, 1))
     k = tf.zeros((3, 3, 16, 16))
 
     def conv(x):
@@ -203,7 +202,7 @@ def test_auto_keeps_the_direct_conv_above_the_memory_cap(monkeypatch):
     ops, xla = _ops(conv, tf.TensorSpec((2, 32, 32, 16), tf.float32))
     assert "Conv2D" in ops and not xla
     # bfloat16 tiles take half the bytes: twice the batch fits.
-    monkeypatch.setattr(conv_module, "WINOGRAD_MIN_WEIGHTS_BF16", 1)
+    kernel_policy(winograd_bf16=True, winograd_min_weights_bf16=1)
 
     def conv_bf16(x):
         return dilated_conv2d(x, tf.cast(k, tf.bfloat16), (1, 1), "SAME")
@@ -213,8 +212,8 @@ def test_auto_keeps_the_direct_conv_above_the_memory_cap(monkeypatch):
     assert "Conv2D" in ops and not xla
 
 
-def test_auto_keeps_the_direct_conv_on_small_maps(monkeypatch):
-    monkeypatch.setattr(conv_module, "WINOGRAD_MIN_WEIGHTS", 1)
+def test_auto_keeps_the_direct_conv_on_small_maps(kernel_policy):
+    kernel_policy(winograd=True, winograd_min_weights=1)
     k = tf.zeros((3, 3, 16, 16))
 
     def conv(x):
@@ -226,8 +225,8 @@ def test_auto_keeps_the_direct_conv_on_small_maps(monkeypatch):
         assert "Conv2D" in ops and not xla, shape
 
 
-def test_layer_on_winograd_matches_keras_conv2d(monkeypatch):
-    monkeypatch.setattr(conv_module, "WINOGRAD_MIN_WEIGHTS", 1)
+def test_layer_on_winograd_matches_keras_conv2d(kernel_policy):
+    kernel_policy(winograd=True, winograd_min_weights=1)
     keras.utils.set_random_seed(0)
     inputs = keras.Input((20, 14, 6))
     ours = DilatedConv2D(8, 3, padding="same", dilation_rate=2, use_bias=True)
