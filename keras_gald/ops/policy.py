@@ -43,11 +43,12 @@ def _machine_defaults(m):
         conv_slices=onednn,
         slice_min_channels=1024,
         channel_slice=512,
-        # Winograd's 16 matmuls win only on oneDNN's matmul; bf16 also needs
-        # its bf16 instructions.
-        winograd=onednn,
+        # Winograd F(2x2, 3x3): with oneDNN from 256 x 256 weights per tap; on
+        # Eigen's kernels it wins only on the widest (the heads' 2304 -> 512),
+        # and loses at 512 x 512 and below. bf16 needs oneDNN's bf16 matmul.
+        winograd=True,
         winograd_bf16=onednn and m.bf16_instructions,
-        winograd_min_weights=256 * 256,
+        winograd_min_weights=256 * 256 if onednn else 1024 * 512,
         winograd_min_weights_bf16=512 * 512,
         winograd_cost=1.3,
         winograd_cost_bf16=1.8,

@@ -23,8 +23,10 @@ def test_defaults_follow_the_machine(monkeypatch, onednn, bf16):
     _fake(monkeypatch, onednn, bf16)
     p = Policy()
     # Measured to win only on oneDNN's kernels (benchmarks/README.md).
-    assert p.winograd == p.conv_slices == p.taps_direct_forward_bf16 == onednn
+    assert p.conv_slices == p.taps_direct_forward_bf16 == onednn
     assert p.winograd_bf16 == (onednn and bf16)
+    # Winograd: from 256 x 256 weights per tap with oneDNN, the widest kernels only without.
+    assert p.winograd and p.winograd_min_weights == (256 * 256 if onednn else 1024 * 512)
     # Skipping padding taps and LDv2's fold save work on any kernels.
     assert p.taps and p.ldv2_fold and p.jit_slices
     assert Policy(winograd=not onednn).winograd == (not onednn)  # an explicit value wins
@@ -46,7 +48,7 @@ def test_context_manager_nests_and_restores():
 
 def test_auto_method_reads_the_current_policy():
     args = (64, 64, (3, 3, 512, 512), (1, 1), "SAME", tf.float32)
-    with Policy(winograd=True):
+    with Policy(winograd=True, winograd_min_weights=256 * 256):
         assert auto_method(*args) == "winograd"
     with Policy(winograd=False):
         assert auto_method(*args) == "conv"
