@@ -23,8 +23,8 @@ TF's graph executor would run the transforms as dozens of separate
 feature-sized element-wise kernels; in graphs (outside `portable_ops()`) they
 are small XLA-compiled functions instead, while the matmuls stay on oneDNN.
 `keras_gald.layers.conv.dilated_conv2d` picks this path for wide float32
-and bfloat16 kernels on CPU (`WINOGRAD_MIN_WEIGHTS`,
-`WINOGRAD_MIN_WEIGHTS_BF16`): there the saved multiply-adds outweigh the
+and bfloat16 kernels on CPU (`keras_gald.ops.Policy`: `winograd_min_weights`,
+`winograd_min_weights_bf16`, per machine): there the saved multiply-adds outweigh the
 memory passes of the transforms. The thresholds come from A/B runs against
 the path taken without Winograd: `python benchmarks/library_vs_stock.py
 --changes winograd,winograd_bf16` (results in benchmarks/results/winograd_cpu.json
