@@ -581,7 +581,12 @@ def check_pairs(pairs, info, check_values=True, check_sizes=True):
         for p in (image_path, label_path):
             if not os.path.isfile(p):
                 raise FileNotFoundError(f"file not found: {p}")
-        with Image.open(label_path) as label_img:
+        try:
+            label_img = Image.open(label_path)
+            label_img.load()
+        except (OSError, ValueError, SyntaxError) as err:
+            raise ValueError(f"cannot decode label {label_path}: {err}") from err
+        with label_img:
             if label_img.mode not in ("L", "P", "I", "I;16", "1"):
                 raise ValueError(
                     f"label {label_path} has mode {label_img.mode!r}: labels must be "
@@ -593,9 +598,13 @@ def check_pairs(pairs, info, check_values=True, check_sizes=True):
                     "(mode 'L'), TF decodes palette PNGs to colours"
                 )
             label = np.asarray(label_img)
-        if check_sizes:
+        try:
             with Image.open(image_path) as image_img:
+                image_img.load()  # decode fully: a truncated file fails only here
                 width, height = image_img.size
+        except (OSError, ValueError, SyntaxError) as err:
+            raise ValueError(f"cannot decode image {image_path}: {err}") from err
+        if check_sizes:
             if (height, width) != label.shape[:2]:
                 raise ValueError(
                     f"image size {height}x{width} (HxW) of {image_path} differs from label "
