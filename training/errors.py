@@ -102,3 +102,18 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def data_assertion(err):
+    """The one-line message of a `tf.debugging.Assert` raised by the data pipeline (e.g.
+    "image file is truncated (no end marker): data/images/a.jpg"), or `None` when `err`
+    is not one (then it is a bug and keeps its traceback)."""
+    text = str(getattr(err, "message", "") or err)
+    marker = "assertion failed:"
+    if marker not in text:
+        return None
+    body = text.split(marker, 1)[1].strip().splitlines()[0]
+    # TF prints the Assert's data as "[part] [part] ...".
+    parts = [p.strip() for p in body.replace("] [", "]\x00[").split("\x00")]
+    parts = [p[1:-1] if p.startswith("[") and p.endswith("]") else p for p in parts]
+    return " ".join(p for p in parts if p)

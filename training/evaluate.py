@@ -204,13 +204,21 @@ def main(argv=None):
     model = load_model(args.model)
     # Before the first image: a model for another label set gives a meaningless mIoU.
     checks.check_model_matches_data(model, source[1], args.model)
-    results = evaluate(
-        model, source,
-        normalization=None if args.normalization == "none" else args.normalization,
-        sliding=_pair(args.sliding), stride=_pair(args.stride), scales=tuple(args.scales),
-        flip=args.flip, boundary=args.boundary, limit=args.limit,
-        images_to_show=args.images_to_show, out=args.out,
-    )
+    import tensorflow as tf
+
+    try:
+        results = evaluate(
+            model, source,
+            normalization=None if args.normalization == "none" else args.normalization,
+            sliding=_pair(args.sliding), stride=_pair(args.stride), scales=tuple(args.scales),
+            flip=args.flip, boundary=args.boundary, limit=args.limit,
+            images_to_show=args.images_to_show, out=args.out,
+        )
+    except tf.errors.InvalidArgumentError as err:
+        message = errors.data_assertion(err)
+        if message is None:
+            raise
+        raise errors.CommandFailed(f"data error: {message}; nothing written") from err
     print(summary_text(results))
     if args.out:
         print(f"wrote {pathlib.Path(args.out) / 'metrics.json'}")

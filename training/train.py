@@ -669,7 +669,16 @@ def main(argv=None):
         from keras_gald.io import atomic_write_text
 
         atomic_write_text(run_dir / "config.json", config.to_json())
-    train(config, strategy, desc, is_chief, index, on_gpu=bool(gpus))
+    import tensorflow as tf
+
+    try:
+        train(config, strategy, desc, is_chief, index, on_gpu=bool(gpus))
+    except tf.errors.InvalidArgumentError as err:
+        message = errors.data_assertion(err)
+        if message is None:  # not a data check: a bug, keep the traceback
+            raise
+        raise errors.CommandFailed(
+            f"data error: {message}; the last checkpoint is kept, rerun resumes") from err
     return 0
 
 

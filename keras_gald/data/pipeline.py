@@ -107,15 +107,17 @@ def _checked_image_bytes(data, path, what):
     is_bmp = equal(head, 0, (0x42, 0x4D))
     is_gif = equal(head, 0, (0x47, 0x49, 0x46, 0x38))
     is_webp = equal(head, 0, (0x52, 0x49, 0x46, 0x46)) & equal(head, 8, (0x57, 0x45, 0x42, 0x50))
-    tf.debugging.Assert(
+    known = tf.debugging.Assert(
         is_jpeg | is_png | is_bmp | is_gif | is_webp,
         [f"{what} file is not a JPEG/PNG/BMP/GIF/WebP image (empty, corrupt or another "
          "format):", path])
     jpeg_end = tf.reduce_any(tf.equal(tail[:-1], 0xFF) & tf.equal(tail[1:], 0xD9))
     png_end = equal(tail[tf.size(tail) - 12:], 4, (0x49, 0x45, 0x4E, 0x44))  # "IEND"
     complete = (~is_jpeg | jpeg_end) & (~is_png | png_end)
-    tf.debugging.Assert(complete, [f"{what} file is truncated (no end marker):", path])
-    return data
+    whole = tf.debugging.Assert(complete, [f"{what} file is truncated (no end marker):", path])
+    # The decoder must run after the checks, or its own path-less error could come first.
+    with tf.control_dependencies([known, whole]):
+        return tf.identity(data)
 
 
 def _assert_same_size(image, label, image_path, label_path):
