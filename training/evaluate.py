@@ -200,8 +200,12 @@ def main(argv=None):
     import keras_gald  # noqa: F401  (registers the serializable layers)
     from keras_gald.io import load_model
 
-    source = load_source(args.dataset, args.data_dir, args.split)
     model = load_model(args.model)
+    try:
+        source = load_source(args.dataset, args.data_dir, args.split)
+    except (ValueError, OSError) as err:  # the readers' layout / missing-file errors
+        raise errors.UserError(
+            f"cannot read the {args.dataset} data set in {args.data_dir}: {err}") from err
     # Before the first image: a model for another label set gives a meaningless mIoU.
     checks.check_model_matches_data(model, source[1], args.model)
     import tensorflow as tf

@@ -515,7 +515,11 @@ def train(config, strategy, strategy_desc, is_chief, worker_index, on_gpu):
         raise ValueError(f"batch_size {config.batch_size} is not divisible by {replicas} replicas")
 
     keras.utils.set_random_seed(config.seed)
-    train_src, val_src = data_sources(config)
+    try:
+        train_src, val_src = data_sources(config)
+    except (ValueError, OSError) as err:  # the readers' layout / missing-file errors
+        raise errors.UserError(
+            f"cannot read the {config.dataset} data set in {config.data_dir}: {err}") from err
     info = source_info(train_src)
     def fresh_train_pipeline():
         return data.make_dataset(

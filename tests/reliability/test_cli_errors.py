@@ -20,11 +20,21 @@ TRAIN_CONFIG_ERRORS = [
     (["--crop", "0"], ["crop size 0x0", "minimum of 16x16"]),
     (["--crop", "8,8"], ["crop size 8x8", "minimum of 16x16"]),
     (["--set", "backbone=nosuch"], ["unknown backbone 'nosuch'"]),
-    (["--set", "ga=nosuch"], ["unknown ga 'nosuch'"]),
     (["--lr", "-0.1"], ["lr must be a positive"]),
-    (["--lr", "nan"], ["lr must be a positive"]),
     (["--steps", "x"], ["--steps", "invalid int value"]),
+]
+
+# The same checks in-process (each subprocess above costs a TensorFlow import).
+TRAIN_CONFIG_ERRORS_IN_PROCESS = [
+    (["--set", "ga=nosuch"], ["unknown ga 'nosuch'"]),
+    (["--set", "ld=v3"], ["unknown ld 'v3'"]),
+    (["--set", "output_stride=4"], ["unknown output_stride 4"]),
+    (["--set", "output_stride=16", "--crop", "24"], ["crop size 24x24", "minimum of 32x32"]),
+    (["--lr", "nan"], ["lr must be a positive"]),
+    (["--set", "keep_checkpoints=0"], ["keep_checkpoints must be >= 1"]),
     (["--set", "init_weights=/nonexistent/w.weights.h5"], ["init_weights", "does not exist"]),
+    (["--set", "crop_size=1,2,3"], ["crop_size needs 2"]),
+    (["--set", "flip=maybe"], ["--set flip=maybe", "boolean"]),
 ]
 
 
@@ -35,6 +45,19 @@ def test_train_config_errors_are_one_line_before_start_up(args, fragments, tmp_p
     assert_one_line_error(proc, "train", 2, *fragments)
     assert not (tmp_path / "run").exists()
     assert "resolved config" not in proc.stdout
+
+
+@pytest.mark.parametrize("args,fragments", TRAIN_CONFIG_ERRORS_IN_PROCESS,
+                         ids=[" ".join(a) for a, _ in TRAIN_CONFIG_ERRORS_IN_PROCESS])
+def test_train_config_errors_in_process(args, fragments, tmp_path, capsys):
+    from training import train
+
+    code = train.main([*args, "--run-dir", str(tmp_path / "run"), "--print-config"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("keras-gald train: error:"), err
+    for fragment in fragments:
+        assert fragment in err[0]
+    assert not (tmp_path / "run").exists()
 
 
 def test_debug_flag_keeps_the_traceback(tmp_path):

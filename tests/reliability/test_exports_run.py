@@ -87,14 +87,19 @@ def test_model_export_tf_saved_model_runs(gald, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name != "sm"]  # no temp folder left
 
 
-def test_export_cli_tflite_needs_input_size_and_runs(gald, tmp_path):
-    model, x, expected = gald
-    model.save(tmp_path / "m.keras")
-    proc = run_cli("export", "--model", tmp_path / "m.keras", "--format", "tflite",
+def test_export_cli_tflite_needs_input_size_and_runs(finished_run, tmp_path):
+    # The shared training run's model (no GA / LD: converts fastest); the GALD blocks'
+    # TFLite path is covered by test_model_export_litert_fixed_size_runs_in_litert.
+    from keras_gald.io import load_model
+
+    model_path = finished_run / "model.keras"
+    x = np.random.default_rng(0).normal(size=(1, H, W, 3)).astype(np.float32)
+    expected = load_model(model_path).predict(x, verbose=0)
+    proc = run_cli("export", "--model", model_path, "--format", "tflite",
                    "--out", tmp_path / "dyn.tflite")
     assert_one_line_error(proc, "export", 2, "--input-size", "Flex")
     assert not (tmp_path / "dyn.tflite").exists()
-    proc = run_cli("export", "--model", tmp_path / "m.keras", "--format", "tflite",
+    proc = run_cli("export", "--model", model_path, "--format", "tflite",
                    "--out", tmp_path / "m.tflite", "--input-size", H, W)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "error" not in proc.stdout.lower() + " ".join(
