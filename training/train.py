@@ -413,6 +413,12 @@ def rundir_restore(ckpt, ckpt_dir, is_chief):
 
     try:
         latest, skipped = restore_newest_readable(ckpt, ckpt_dir)
+    except (AssertionError, ValueError) as err:  # of another model (assert_consumed, shapes)
+        raise errors.UserError(
+            f"the checkpoints in {ckpt_dir} do not match this config's model (was the "
+            "backbone / ga / ld / num_classes changed? see config.json.old-*): "
+            f"{' '.join(str(err).split())[:300]}; resume with the old settings, or pass "
+            "--overwrite to move that run aside") from err
     except CheckpointUnreadableError as err:
         for path, why in err.skipped:
             print(f"skipped checkpoint {path}: {why}", file=sys.stderr)
@@ -670,8 +676,14 @@ def main(argv=None):
     run_dir = pathlib.Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if is_chief:
-        from keras_gald.io import atomic_write_text
+        from keras_gald.io import aside_name, atomic_write_text
 
+        previous = run_dir / "config.json"
+        if previous.exists() and previous.read_text() != config.to_json():
+            # A resume with changed settings: keep the config the checkpoints came from.
+            kept = aside_name(previous)
+            os.replace(previous, kept)
+            print(f"config changed since the last run; previous config kept as {kept}")
         atomic_write_text(run_dir / "config.json", config.to_json())
     import tensorflow as tf
 

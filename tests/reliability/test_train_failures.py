@@ -144,3 +144,15 @@ def test_final_artefacts_of_a_run_are_complete(finished_run):
     assert json.loads((finished_run / "metrics.json").read_text())["step"] == 4
     assert json.loads((finished_run / "config.json").read_text())["steps"] == 4
     assert not [p for p in pathlib.Path(finished_run).rglob(".*tmp-*")]
+
+
+# ---------------------------------------------------------------- found next: changed config
+def test_resume_with_another_model_is_one_line_and_keeps_old_config(run_copy):
+    old_config = (run_copy / "config.json").read_text()
+    before = listing(run_copy / "checkpoints")
+    proc = run_cli("train", *TINY, "--run-dir", run_copy, "--set", "head_channels=16")
+    assert_one_line_error(proc, "train", 2, "do not match this config's model", "--overwrite")
+    kept = [p for p in run_copy.iterdir() if p.name.startswith("config.json.old-")]
+    assert len(kept) == 1 and kept[0].read_text() == old_config
+    assert listing(run_copy / "checkpoints") == before
+    assert (run_copy / "model.keras").exists()
