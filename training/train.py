@@ -392,6 +392,24 @@ class _TrainCallbacks:
         return StepLogger()
 
 
+# Settings that may differ between the runs of one training without changing it.
+_BOOKKEEPING_KEYS = ("run_dir", "resume", "stop_at", "notes")
+
+
+def _config_changed(path, config):
+    """True when `path` (a previous config.json) differs from `config` in a setting that
+    matters (a moved run dir or --stop-at does not count); unreadable counts as changed."""
+    try:
+        old = json.loads(pathlib.Path(path).read_text())
+    except (OSError, ValueError):
+        return True
+    new = json.loads(config.to_json())
+    for key in _BOOKKEEPING_KEYS:
+        old.pop(key, None)
+        new.pop(key, None)
+    return old != new
+
+
 def _chief_from_env():
     cfg = strategy_lib.tf_config()
     if not cfg:
@@ -679,7 +697,7 @@ def main(argv=None):
         from keras_gald.io import aside_name, atomic_write_text
 
         previous = run_dir / "config.json"
-        if previous.exists() and previous.read_text() != config.to_json():
+        if previous.exists() and _config_changed(previous, config):
             # A resume with changed settings: keep the config the checkpoints came from.
             kept = aside_name(previous)
             os.replace(previous, kept)

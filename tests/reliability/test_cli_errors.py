@@ -15,8 +15,6 @@ TRAIN_CONFIG_ERRORS = [
     (["--set", "steps=abc"], ["--set steps=abc", "invalid literal"]),
     (["--set", "steps"], ["--set expects KEY=VALUE"]),
     (["--config", "camvid"], ["pass --data-dir"]),
-    (["--config", "camvid", "--data-dir", "/nonexistent/camvid"], ["/nonexistent/camvid",
-                                                                   "does not exist"]),
     (["--crop", "0"], ["crop size 0x0", "minimum of 16x16"]),
     (["--crop", "8,8"], ["crop size 8x8", "minimum of 16x16"]),
     (["--set", "backbone=nosuch"], ["unknown backbone 'nosuch'"]),
@@ -26,6 +24,8 @@ TRAIN_CONFIG_ERRORS = [
 
 # The same checks in-process (each subprocess above costs a TensorFlow import).
 TRAIN_CONFIG_ERRORS_IN_PROCESS = [
+    (["--config", "camvid", "--data-dir", "/nonexistent/camvid"], ["/nonexistent/camvid",
+                                                                   "does not exist"]),
     (["--set", "ga=nosuch"], ["unknown ga 'nosuch'"]),
     (["--set", "ld=v3"], ["unknown ld 'v3'"]),
     (["--set", "output_stride=4"], ["unknown output_stride 4"]),

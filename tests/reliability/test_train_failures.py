@@ -75,6 +75,8 @@ def test_resume_skips_damaged_newest_checkpoint(run_copy):
     assert (run_copy / "checkpoints" / "unreadable" / "ckpt-4.index").exists()
     assert zipfile.is_zipfile(run_copy / "model.keras")
     assert json.loads((run_copy / "metrics.json").read_text())["step"] == 4
+    # A copied (moved) run resumes without treating the new run dir as a changed config.
+    assert not list(run_copy.glob("config.json.old-*"))
 
 
 def test_no_readable_checkpoint_is_one_line_and_keeps_files(run_copy):
