@@ -58,12 +58,12 @@ def build_parser():
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    checks.require_file(args.checkpoint, "checkpoint")
-    checks.output_file(args.out, "--out", overwrite=args.overwrite, suffix=".keras")
     if not args.out.endswith(".keras"):
         parser.error(f"--out must end with .keras, got {args.out!r}")
     if args.num_classes < 1:
         parser.error(f"--num-classes must be >= 1, got {args.num_classes}")
+    checks.require_file(args.checkpoint, "checkpoint")
+    checks.output_file(args.out, "--out", overwrite=args.overwrite)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
     from keras_gald.convert.official import OfficialCheckpointError, load_official_state_dict

@@ -19,7 +19,15 @@ field and the common flags below are shortcuts. The run directory holds:
 Resume: with `resume=True` (default) a rerun of the same command restores the latest
 checkpoint (weights, BN statistics, optimizer slots and iteration count), so the poly
 schedule -- a function of the optimizer's iteration count -- continues exactly, and the
-(deterministic, seeded) training stream skips the batches already consumed.
+(deterministic, seeded) training stream skips the batches already consumed. A damaged or
+non-finite newest checkpoint is skipped (named on stderr, moved to `checkpoints/unreadable/`)
+and the newest one that reads is used. Starting from step 0 in a dir holding a previous run
+needs `--overwrite`, which moves the old run to `RUN_DIR.old-<time>` (nothing is deleted).
+
+Failure: a non-finite loss or non-finite weights stop training at once (exit 3) -- no
+checkpoint is written from a non-finite state, so the last finite one is never rotated out,
+and no final model / export / metrics are written. Every file is written under a temporary
+name and renamed (`keras_gald.io`). User errors: one line on stderr, exit 2 (see --help).
 
 Weight decay: decoupled, via `keras_gald.optimizers.SGD(weight_decay=wd)`
 (`w -= lr * wd * w` each step) on conv / dense kernels only (BN gamma/beta and biases

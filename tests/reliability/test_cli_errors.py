@@ -148,4 +148,4 @@ def test_convert_argument_errors(tmp_path):
     assert_one_line_error(proc, "convert", 2, "missing.npz", "does not exist")
     (tmp_path / "c.npz").write_bytes(b"")
     proc = run_cli("convert", tmp_path / "c.npz", "--out", tmp_path / "o.h5")
-    assert_one_line_error(proc, "convert", 2, "must end with .keras")
+    assert_one_line_error(proc, "convert", 2, "must end with .keras")  # argparse-style, one line
