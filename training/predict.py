@@ -132,6 +132,10 @@ def main(argv=None):
 
     normalization = None if args.normalization == "none" else args.normalization
     model = load_model(args.model)
+    channels = checks.model_channels(model)
+    if channels is not None and channels != 3:
+        raise errors.UserError(f"model {args.model} expects {channels}-channel input; "
+                               "predict reads RGB images (3 channels)")
     num_classes = checks.model_num_classes(model)
     palette = palette_for(args.palette, num_classes)
     out.mkdir(parents=True, exist_ok=True)

@@ -597,7 +597,13 @@ def train(config, strategy, strategy_desc, is_chief, worker_index, on_gpu):
         print(f"resumed from {latest} at step {start_step}")
     else:
         if config.init_weights:
-            model.load_weights(config.init_weights)
+            try:
+                model.load_weights(config.init_weights)
+            except (ValueError, OSError, KeyError) as err:  # another model / not a weights file
+                raise errors.UserError(
+                    f"init_weights {config.init_weights} does not fit this model "
+                    f"({info.num_classes} classes, backbone {config.backbone}): "
+                    f"{' '.join(str(err).split())[:300]}") from err
         if is_chief:
             from keras_gald.io import atomic_path
 
