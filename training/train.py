@@ -510,7 +510,15 @@ def _truncate_csv(path, max_step):
     if not rows or "step" not in rows[0]:
         return 0.0
     col = rows[0].index("step")
-    kept = [rows[0]] + [r for r in rows[1:] if r and float(r[col]) <= max_step]
+
+    def keep(index, row):
+        try:
+            return float(row[col]) <= max_step
+        except (IndexError, ValueError):
+            # A kill while CSVLogger appends can leave a partial last row: drop only that.
+            return index != len(rows) - 1
+
+    kept = [rows[0]] + [r for i, r in enumerate(rows) if i > 0 and r and keep(i, r)]
     if len(kept) != len(rows):
         import io
 
