@@ -158,3 +158,13 @@ def test_resume_with_another_model_is_one_line_and_keeps_old_config(run_copy):
     assert len(kept) == 1 and kept[0].read_text() == old_config
     assert listing(run_copy / "checkpoints") == before
     assert (run_copy / "model.keras").exists()
+
+
+def test_partial_last_log_row_from_a_kill_is_dropped_on_resume(tmp_path):
+    from training.train import _truncate_csv
+
+    log = tmp_path / "log.csv"
+    log.write_text("epoch,loss,step,train_seconds\n0,1.0,2,3.5\n1,0.9,4,7.0\n2,0.8")
+    assert _truncate_csv(log, 6) == 7.0
+    assert log.read_text() == "epoch,loss,step,train_seconds\n0,1.0,2,3.5\n1,0.9,4,7.0\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["log.csv"]  # rewritten in place, atomically
