@@ -2,17 +2,22 @@
 
 Subpackages: `ops` (kernels and machine detection), `layers` (GA and LD blocks), `backbones` (dilated ResNets),
 `models` (the GALD factory), `data` (tf.data pipelines), `losses`, `metrics`,
-`optimizers`, `inference`, `export`, `convert`.
+`optimizers`, `inference`, `export`, `convert`; `callbacks` (`StopOnNonFinite`),
+`checkpoints` (restore the newest readable checkpoint), `io` (atomic writes, checked
+model loading).
 """
 
 __version__ = "0.1.0"
 
 from keras_gald import (
     backbones,
+    callbacks,
+    checkpoints,
     convert,
     data,
     export,
     inference,
+    io,
     layers,
     losses,
     metrics,

@@ -14,8 +14,14 @@
 * `to_tflite(model, path)`: float32 TFLite flatbuffer, same input / output as ONNX. The
   input is `(1, H, W, 3)` with dynamic `H, W` when `input_size=None` (call
   `interpreter.resize_tensor_input(0, (1, h, w, 3))` then `allocate_tensors()`), or fixed
-  when `input_size=(h, w)`. `select_tf_ops=True` lets ops with no TFLite builtin run through
-  the Flex delegate (the full `tensorflow` pip package provides it).
+  when `input_size=(h, w)`. Builtin ops only by default: a model that needs an op with no
+  TFLite builtin (a GALD network at dynamic size needs Flex `Conv2D` / `StridedSlice`) is
+  refused with a `TFLiteConversionError` naming the ops, and nothing is written.
+  `select_tf_ops=True` opts in to the Flex delegate (the full `tensorflow` pip package
+  provides it; `ai_edge_litert` does not).
+
+Every file / folder is written under a temporary name and renamed into place
+(`keras_gald.io`), so an interrupted export never leaves a half-written file.
 
 Example:
     >>> from keras_gald import export
@@ -33,7 +39,10 @@ import tensorflow as tf
 from keras_gald.data.normalization import normalize
 from keras_gald.layers import portable_ops
 
-__all__ = ["to_saved_model", "to_onnx", "to_tflite", "EXPORT_FORMATS"]
+from keras_gald.io import atomic_directory, atomic_write_bytes
+
+__all__ = ["to_saved_model", "to_onnx", "to_tflite", "keras_saved_model", "fixed_input_size",
+           "TFLiteConversionError", "EXPORT_FORMATS"]
 
 EXPORT_FORMATS = ("saved_model", "onnx", "tflite")
 
@@ -95,8 +104,43 @@ def to_saved_model(model, path, normalization="imagenet"):
         tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
     archive.add_endpoint("logits", logits, input_signature=[
         tf.TensorSpec([None, None, None, 3], tf.float32, name="images")])
-    archive.write_out(str(path), verbose=False)
+    with atomic_directory(path) as tmp:
+        archive.write_out(str(tmp), verbose=False)
     return str(path)
+
+
+@_portable
+def keras_saved_model(net, path, verbose=None, input_signature=None, **kwargs):
+    """Keras' own `tf_saved_model` export of `net`, traced portably, written atomically."""
+    import keras
+
+    with atomic_directory(path) as tmp:
+        keras.Model.export(net, str(tmp), format="tf_saved_model", verbose=verbose,
+                           input_signature=input_signature, **kwargs)
+    return str(path)
+
+
+class TFLiteConversionError(ValueError):
+    """The TFLite converter failed (typically: an op has no TFLite builtin)."""
+
+
+def fixed_input_size(input_signature):
+    """`(h, w)` from a Keras-style `input_signature` (one spec `(N, H, W, C)`); `ValueError`
+    when missing or dynamic: builtin-only TFLite needs a fixed size for GALD networks."""
+    how = ("pass input_signature=[keras.InputSpec(shape=(1, H, W, 3))] or call "
+           "keras_gald.export.to_tflite(model, path, input_size=(H, W))")
+    if input_signature is None:
+        raise ValueError(f"LiteRT export of a GALD model needs a fixed input size: {how}")
+    spec = input_signature
+    while isinstance(spec, (list, tuple)) and spec and not isinstance(spec[0], (int, type(None))):
+        if len(spec) != 1:
+            raise ValueError(f"LiteRT export takes one image input, got {input_signature!r}")
+        spec = spec[0]
+    shape = tuple(getattr(spec, "shape", spec))
+    if len(shape) != 4 or shape[1] is None or shape[2] is None:
+        raise ValueError(f"LiteRT export of a GALD model needs a fixed input size (got shape "
+                         f"{shape}; dynamic sizes need Flex ops): {how}")
+    return int(shape[1]), int(shape[2])
 
 
 def _concrete_logits(model, batch=None, input_size=None):
@@ -132,7 +176,7 @@ def to_onnx(model, path, opset=17):
     model_proto, _ = tf2onnx.convert.from_function(function, input_signature=[spec],
                                                    opset=int(opset))
     _explicit_same_pads(model_proto)
-    path.write_bytes(model_proto.SerializeToString())
+    atomic_write_bytes(path, model_proto.SerializeToString())
     return str(path)
 
 
@@ -179,16 +223,17 @@ def _explicit_same_pads(model_proto):
 
 
 @_portable
-def to_tflite(model, path, input_size=None, select_tf_ops="auto"):
+def to_tflite(model, path, input_size=None, select_tf_ops=False):
     """Writes a float32 TFLite model `images (1, H, W, 3)` -> `logits (1, H, W, C)`.
 
     Args:
         model: a `Segmenter` or Keras model -> logits.
         path: output `.tflite` file.
         input_size: `None` (dynamic `H, W`; resize the interpreter's input) or `(h, w)`.
-        select_tf_ops: `True`: allow TF ops with no TFLite builtin (Flex delegate);
-            `False`: builtins only (fails if an op has none); `"auto"` (default): builtins
-            only if that converts, else builtins + Select TF ops.
+        select_tf_ops: `False` (default): builtins only; raises `TFLiteConversionError`
+            (nothing written) if an op has none. `True`: allow TF ops with no TFLite
+            builtin (Flex delegate, which `ai_edge_litert` lacks). `"auto"`: builtins
+            if that converts, else Flex (the file may then not run everywhere).
 
     Returns:
         `path` as a string.
@@ -208,6 +253,18 @@ def to_tflite(model, path, input_size=None, select_tf_ops="auto"):
     tmp = tempfile.TemporaryDirectory(prefix="keras_gald_tflite_")
     archive.write_out(tmp.name, verbose=False)
 
+    def convert_or_explain(select):
+        try:
+            return convert(select)
+        except Exception as err:  # tf.lite ConverterError & co: keep the converter's reason
+            lines = [l.strip() for l in str(err).splitlines() if "error" in l.lower()]
+            reason = (lines[-1] if lines else str(err).strip().splitlines()[-1])[:400]
+            size = "dynamic H, W" if input_size is None else f"input size {h}x{w}"
+            raise TFLiteConversionError(
+                f"TFLite conversion ({size}, {'builtins + Flex' if select else 'builtin ops only'}) "
+                f"failed: {reason}" + ("; pass input_size=(h, w)" if input_size is None else "")
+            ) from err
+
     def convert(select):
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp.name, signature_keys=["serve"])
         ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
@@ -216,15 +273,17 @@ def to_tflite(model, path, input_size=None, select_tf_ops="auto"):
         converter.target_spec.supported_ops = ops
         return converter.convert()
 
-    if select_tf_ops == "auto":
-        try:
-            flatbuffer = convert(False)
-        except Exception:  # ConverterError: some op has no builtin kernel
-            flatbuffer = convert(True)
-    else:
-        flatbuffer = convert(bool(select_tf_ops))
-    tmp.cleanup()
+    try:
+        if select_tf_ops == "auto":
+            try:
+                flatbuffer = convert(False)
+            except Exception:  # ConverterError: some op has no builtin kernel
+                flatbuffer = convert_or_explain(True)
+        else:
+            flatbuffer = convert_or_explain(bool(select_tf_ops))
+    finally:
+        tmp.cleanup()
     path = pathlib.Path(path)
     os.makedirs(path.parent, exist_ok=True)
-    path.write_bytes(flatbuffer)
+    atomic_write_bytes(path, flatbuffer)
     return str(path)

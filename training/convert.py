@@ -11,18 +11,21 @@ PyTorch; `.npz` files (`np.savez(path, **{k: v.numpy() for k, v in
 state_dict.items()})`) do not.
 
 Exit status: 0 on success, 1 when the checkpoint does not fit (the report
-names the missing / unexpected / mismatched keys) or cannot be read, 2 on bad
-arguments.
+names the missing / unexpected / mismatched keys) or cannot be read, or when
+`--lenient` loaded no tensor at all (the result would be a random model), 2 on
+bad arguments. The model is written under a temporary name and renamed; an
+existing `--out` is replaced only with `--overwrite`.
 """
 
-import argparse
 import os
 import sys
 
+from training import checks, errors
+
 
 def build_parser():
-    parser = argparse.ArgumentParser(
-        prog="keras-gald convert",
+    parser = errors.ArgumentParser(
+        prog="keras-gald convert", epilog=errors.EXIT_CODES_HELP,
         description="Convert the GALD authors' PyTorch checkpoint (GALD_res50/101) to a Keras model.",
     )
     parser.add_argument("checkpoint", help="the authors' state_dict: .pth/.pt (needs PyTorch) or .npz")
@@ -46,9 +49,12 @@ def build_parser():
         help="load what matches; missing/mismatched weights keep their initialisation "
         "(also allows backbone-only checkpoints)",
     )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    errors.add_debug_flag(parser)
     return parser
 
 
+@errors.command("keras-gald convert")
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -56,6 +62,8 @@ def main(argv=None):
         parser.error(f"--out must end with .keras, got {args.out!r}")
     if args.num_classes < 1:
         parser.error(f"--num-classes must be >= 1, got {args.num_classes}")
+    checks.require_file(args.checkpoint, "checkpoint")
+    checks.output_file(args.out, "--out", overwrite=args.overwrite)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
     from keras_gald.convert.official import OfficialCheckpointError, load_official_state_dict
@@ -72,26 +80,31 @@ def main(argv=None):
     except OfficialCheckpointError as error:
         print(error.report, file=sys.stderr)
         print(
-            f"keras-gald convert: {args.checkpoint} does not fit official_gald_v1(depth={args.depth}, "
+            f"keras-gald convert: error: {args.checkpoint} does not fit official_gald_v1(depth={args.depth}, "
             f"num_classes={args.num_classes}); check --depth / --num-classes, or pass --lenient",
             file=sys.stderr,
         )
         return 1
     except (OSError, ImportError, ValueError, TypeError) as error:
-        print(f"keras-gald convert: {error}", file=sys.stderr)
+        print(f"keras-gald convert: error: {error}", file=sys.stderr)
         return 1
     print(report)
+    if not report.loaded:
+        print(f"keras-gald convert: error: no tensor of {args.checkpoint} fits "
+              f"official_gald_v1(depth={args.depth}, num_classes={args.num_classes}) (0 loaded); "
+              "nothing saved", file=sys.stderr)
+        return 1
     if report.untouched and not args.lenient:
         print(
-            "keras-gald convert: the checkpoint has no weights for "
+            "keras-gald convert: error: the checkpoint has no weights for "
             f"{len(report.untouched)} layers ({', '.join(report.untouched[:6])}, ...); "
             "pass --lenient to save a model whose other layers keep their initialisation",
             file=sys.stderr,
         )
         return 1
-    directory = os.path.dirname(os.path.abspath(args.out))
-    os.makedirs(directory, exist_ok=True)
-    model.save(args.out)
+    from keras_gald.io import save_model
+
+    save_model(model, args.out)
     print(f"saved {args.out} ({model.count_params():,} weights)")
     return 0
 

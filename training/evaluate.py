@@ -17,11 +17,11 @@ Prints a per-class IoU / accuracy table and writes (with `--out`) `metrics.json`
 errors) for the first `--images-to-show` images.
 """
 
-import argparse
-import json
 import os
 import pathlib
 import sys
+
+from training import checks, errors
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -36,7 +36,8 @@ DATASETS = {
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="keras-gald evaluate", description=__doc__.split("\n")[0])
+    p = errors.ArgumentParser(prog="keras-gald evaluate", description=__doc__.split("\n")[0],
+                              epilog=errors.EXIT_CODES_HELP)
     p.add_argument("--model", required=True, help="a .keras model file")
     p.add_argument("--dataset", required=True, choices=sorted(DATASETS))
     p.add_argument("--data-dir", required=True)
@@ -60,6 +61,7 @@ def build_parser():
     p.add_argument("--limit", type=int, default=0, help="evaluate only the first N images")
     p.add_argument("--images-to-show", type=int, default=0,
                    help="save side-by-side PNGs for the first K images (needs --out)")
+    errors.add_debug_flag(p)
     return p
 
 
@@ -202,9 +204,11 @@ def evaluate(model, source, normalization="imagenet", sliding=None, stride=None,
                                      title=f"{num_images} images")
     results["table"] = table
     if out:
-        (out / "metrics.json").write_text(json.dumps(results, indent=2))
-        visualize.confusion_matrix_image(confusion, list(info.class_names)).save(
-            out / "confusion_matrix.png")
+        from keras_gald.io import atomic_path, atomic_write_json
+
+        atomic_write_json(out / "metrics.json", results)
+        with atomic_path(out / "confusion_matrix.png") as tmp:
+            visualize.confusion_matrix_image(confusion, list(info.class_names)).save(tmp)
     return results
 
 
@@ -220,31 +224,57 @@ def summary_text(results):
     return "\n".join(lines)
 
 
+@errors.command("keras-gald evaluate")
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    import keras
+    if args.images_to_show and not args.out:
+        raise errors.UserError("--images-to-show needs --out")
+    checks.require_file(args.model, "model file")
+    checks.require_dir(args.data_dir, "--data-dir")
+    if args.out:
+        checks.output_dir(args.out, "--out")
+    for what, values in (("--sliding", args.sliding), ("--stride", args.stride)):
+        if values is not None and (len(values) > 2 or min(values) < 1):
+            raise errors.UserError(f"{what} takes one or two positive sizes, got {values}")
+    if args.scales is not None and min(args.scales) <= 0:
+        raise errors.UserError(f"--scales must be positive, got {args.scales}")
+    if args.limit < 0 or args.images_to_show < 0:
+        raise errors.UserError("--limit and --images-to-show must be >= 0")
 
     import keras_gald  # noqa: F401  (registers the serializable layers)
-    import keras_gald.models  # noqa: F401
+    from keras_gald.io import load_model
 
     if args.images_to_show and not args.out:
-        print("keras-gald evaluate: --images-to-show needs --out", file=sys.stderr)
-        return 2
-    model = keras.saving.load_model(args.model, compile=False)
-    source = load_source(args.dataset, args.data_dir, args.split, classes=args.classes,
-                         split_file=args.split_file, val_fraction=args.val_fraction,
-                         seed=args.seed, model_path=args.model)
+        raise errors.UserError("--images-to-show needs --out")
+    model = load_model(args.model)
+    try:
+        source = load_source(args.dataset, args.data_dir, args.split, classes=args.classes,
+                             split_file=args.split_file, val_fraction=args.val_fraction,
+                             seed=args.seed, model_path=args.model)
+    except (ValueError, OSError) as err:  # the readers' layout / missing-file errors
+        raise errors.UserError(
+            f"cannot read the {args.dataset} data set in {args.data_dir}: {err}") from err
+    # Before the first image: a model for another label set gives a meaningless mIoU.
+    checks.check_model_matches_data(model, source[1], args.model)
     scales = args.scales
     if scales is None:
         run = _run_folder_config(args.model) if args.dataset == "folder" else None
         scales = [run.eval_scale] if run is not None else [1.0]
-    results = evaluate(
-        model, source,
-        normalization=None if args.normalization == "none" else args.normalization,
-        sliding=_pair(args.sliding), stride=_pair(args.stride), scales=tuple(scales),
-        flip=args.flip, boundary=args.boundary, limit=args.limit,
-        images_to_show=args.images_to_show, out=args.out,
-    )
+    import tensorflow as tf
+
+    try:
+        results = evaluate(
+            model, source,
+            normalization=None if args.normalization == "none" else args.normalization,
+            sliding=_pair(args.sliding), stride=_pair(args.stride), scales=tuple(scales),
+            flip=args.flip, boundary=args.boundary, limit=args.limit,
+            images_to_show=args.images_to_show, out=args.out,
+        )
+    except tf.errors.InvalidArgumentError as err:
+        message = errors.data_assertion(err)
+        if message is None:
+            raise
+        raise errors.CommandFailed(f"data error: {message}; nothing written") from err
     print(summary_text(results))
     if args.out:
         print(f"wrote {pathlib.Path(args.out) / 'metrics.json'}")

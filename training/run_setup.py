@@ -12,7 +12,8 @@
 2. Resuming (checkpoints in `RUN_DIR`, `resume=true`): the saved `config.json` is compared
    with this one; a difference outside `config.RESUMABLE_KEYS` is refused (`ValueError`
    listing the keys).
-3. Writes `RUN_DIR/config.json` (chief only).
+3. Writes `RUN_DIR/config.json` (chief only, atomically); a previous one that differs in
+   a setting that matters is kept as `config.json.old-<time>`.
 """
 
 import dataclasses
@@ -94,7 +95,7 @@ def check_resume(config, run_dir):
         details = "; ".join(f"{k}: {a[k]!r} -> {b[k]!r}" for k in differing)
         raise ValueError(
             f"{saved_path}: resuming this run with a different configuration ({details}); "
-            f"use a new --run-dir, or --no-resume to start over (resuming may change only "
+            f"use a new --run-dir, or --overwrite to start over (resuming may change only "
             f"{', '.join(config_lib.RESUMABLE_KEYS)})")
 
 
@@ -106,10 +107,35 @@ def prepare_run(config, explicit_keys=(), is_chief=True, out=print):
         config = prepare_folder(config, run_dir, explicit_keys, is_chief, out)
     check_resume(config, run_dir)
     if is_chief:
-        tmp = run_dir / "config.json.tmp"
-        tmp.write_text(config.to_json())
-        os.replace(tmp, run_dir / "config.json")
+        from keras_gald.io import aside_name, atomic_write_text
+
+        previous = run_dir / "config.json"
+        if previous.exists() and config_changed(previous, config):
+            # A resume with changed settings (steps, ...): keep the config the
+            # checkpoints came from.
+            kept = aside_name(previous)
+            os.replace(previous, kept)
+            out(f"config changed since the last run; previous config kept as {kept}")
+        atomic_write_text(previous, config.to_json())
     return config
+
+
+# Settings that do not change what a run computes: a moved run dir, --stop-at, notes.
+_BOOKKEEPING_KEYS = ("run_dir", "resume", "stop_at", "notes")
+
+
+def config_changed(path, config):
+    """True when `path` (a previous config.json) differs from `config` in a setting that
+    matters (a moved run dir or --stop-at does not count); unreadable counts as changed."""
+    try:
+        old = json.loads(pathlib.Path(path).read_text())
+    except (OSError, ValueError):
+        return True
+    new = json.loads(config.to_json())
+    for key in _BOOKKEEPING_KEYS:
+        old.pop(key, None)
+        new.pop(key, None)
+    return old != new
 
 
 def explicit_keys(args):

@@ -26,7 +26,15 @@ only keys in `training.config.RESUMABLE_KEYS` changed (steps, stop_at, bookkeepi
 Resume: with `resume=True` (default) a rerun of the same command restores the latest
 checkpoint (weights, BN statistics, optimizer slots and iteration count), so the poly
 schedule -- a function of the optimizer's iteration count -- continues exactly, and the
-(deterministic, seeded) training stream skips the batches already consumed.
+(deterministic, seeded) training stream skips the batches already consumed. A damaged or
+non-finite newest checkpoint is skipped (named on stderr, moved to `checkpoints/unreadable/`)
+and the newest one that reads is used. Starting from step 0 in a dir holding a previous run
+needs `--overwrite`, which moves the old run to `RUN_DIR.old-<time>` (nothing is deleted).
+
+Failure: a non-finite loss or non-finite weights stop training at once (exit 3) -- no
+checkpoint is written from a non-finite state, so the last finite one is never rotated out,
+and no final model / export / metrics are written. Every file is written under a temporary
+name and renamed (`keras_gald.io`). User errors: one line on stderr, exit 2 (see --help).
 
 Weight decay: decoupled, via `keras_gald.optimizers.SGD(weight_decay=wd)`
 (`w -= lr * wd * w` each step) on conv / dense kernels only (BN gamma/beta and biases
@@ -48,11 +56,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from training import config as config_lib  # noqa: E402  (pure Python, no TF)
 from training import configs as presets  # noqa: E402
+from training import errors  # noqa: E402
+from training import rundir  # noqa: E402
 from training import strategy as strategy_lib  # noqa: E402
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="keras-gald train", description=__doc__.split("\n\n")[0])
+    p = errors.ArgumentParser(
+        prog="keras-gald train", description=__doc__.split("\n\n")[0],
+        epilog=rundir.RUN_DIR_HELP + " " + errors.EXIT_CODES_HELP)
     p.add_argument("--config", default=None,
                    help=f"preset ({', '.join(presets.names())}; default: the --dataset's preset "
                         "if there is one, else default) or a run's saved config.json")
@@ -73,20 +85,45 @@ def build_parser():
     p.add_argument("--no-xla", dest="xla", action="store_const", const="false")
     p.add_argument("--mixed-precision", dest="mixed_precision", action="store_const", const="true")
     p.add_argument("--resume", dest="resume", action="store_const", const="true")
-    p.add_argument("--no-resume", dest="resume", action="store_const", const="false")
+    p.add_argument("--no-resume", dest="resume", action="store_const", const="false",
+                   help="start from step 0; refused if the run dir holds a previous run "
+                        "(add --overwrite)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start from step 0 even if the run dir holds a previous run: the old "
+                        "run is moved to RUN_DIR.old-<time> (nothing is deleted); "
+                        "implies --no-resume")
     p.add_argument("--eval-every", type=int)
     p.add_argument("--checkpoint-every", type=int)
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    errors.add_debug_flag(p)
     return p
 
 
 def config_from_args(args):
+    """The validated `TrainConfig` of parsed `args`; bad presets / keys / values raise
+    `errors.UserError` (one line, exit 2) before anything is built."""
+    try:
+        config = _config_from_args(args)
+    except (KeyError, ValueError, TypeError, OSError) as err:
+        # KeyError's str() adds quotes; the message itself is what the user needs.
+        raise errors.UserError(err.args[0] if err.args else str(err)) from err
+    from training import checks
+
+    return checks.validate_train_config(config)
+
+
+def _config_from_args(args):
     overrides = {}
     for item in args.set:
         if "=" not in item:
             raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
         key, value = item.split("=", 1)
-        overrides[key.strip()] = value
+        key = key.strip()
+        try:  # parse now so that the message names the --set item
+            config_lib.parse_value(key, value)
+        except ValueError as err:
+            raise ValueError(f"--set {key}={value}: {err}") from err
+        overrides[key] = value
     flags = {
         "dataset": args.dataset, "val_fraction": args.val_fraction, "classes": args.classes,
         "data_dir": args.data_dir, "run_dir": args.run_dir, "steps": args.steps,
@@ -94,6 +131,8 @@ def config_from_args(args):
         "xla": args.xla, "mixed_precision": args.mixed_precision, "resume": args.resume,
         "eval_every": args.eval_every, "checkpoint_every": args.checkpoint_every,
     }
+    if getattr(args, "overwrite", False):
+        flags["resume"] = "false"
     if args.crop:
         crop = args.crop if "," in args.crop or "x" in args.crop else f"{args.crop},{args.crop}"
         flags["crop_size"] = crop
@@ -341,7 +380,8 @@ class _TrainCallbacks:
     """Keras callbacks built lazily (keras import)."""
 
     @staticmethod
-    def make(model, optimizer, manager, config, is_chief, val_fn, stop_step, seconds_before=0.0):
+    def make(model, optimizer, manager, config, is_chief, val_fn, stop_step, seconds_before=0.0,
+             guard=None):
         import keras
 
         t_start = time.time()
@@ -368,6 +408,10 @@ class _TrainCallbacks:
             def on_epoch_end(self, epoch, logs=None):
                 nonlocal t_start, seconds_before
                 step = int(optimizer.iterations.numpy())
+                if guard is not None and guard.tripped:
+                    # Never checkpoint a non-finite state: saving would also rotate the
+                    # last finite checkpoint out of the kept set.
+                    return
                 manager.save(checkpoint_number=step)
                 if logs is not None:
                     logs["lr"] = self._lr()
@@ -379,6 +423,86 @@ class _TrainCallbacks:
                         seconds_before -= time.time() - t_val
 
         return StepLogger()
+
+
+
+def _chief_from_env():
+    cfg = strategy_lib.tf_config()
+    if not cfg:
+        return True
+    task = cfg.get("task", {})
+    kind, index = task.get("type", "worker"), int(task.get("index", 0))
+    return kind == "chief" or (kind == "worker" and index == 0 and "chief" not in cfg.get(
+        "cluster", {}))
+
+
+def rundir_restore(ckpt, ckpt_dir, is_chief):
+    """Restores the newest usable checkpoint of `ckpt_dir` into `ckpt` (-> its path or None).
+
+    Skipped checkpoints are reported on stderr with the reason and (by the chief) moved to
+    `ckpt_dir/unreadable/`, out of the manager's way but kept for inspection. No usable
+    checkpoint among several -> `UserError` naming each file and the way out.
+    """
+    from keras_gald.checkpoints import CheckpointUnreadableError, restore_newest_readable
+
+    try:
+        latest, skipped = restore_newest_readable(ckpt, ckpt_dir)
+    except (AssertionError, ValueError) as err:  # of another model (assert_consumed, shapes)
+        raise errors.UserError(
+            f"the checkpoints in {ckpt_dir} do not match this config's model (was the "
+            "backbone / ga / ld / num_classes changed? see config.json.old-*): "
+            f"{' '.join(str(err).split())[:300]}; resume with the old settings, or pass "
+            "--overwrite to move that run aside") from err
+    except CheckpointUnreadableError as err:
+        for path, why in err.skipped:
+            print(f"skipped checkpoint {path}: {why}", file=sys.stderr)
+        raise errors.UserError(
+            f"{err}; nothing to resume from: pass --overwrite to move this run aside and "
+            "start again") from err
+    for path, why in skipped:
+        print(f"skipped checkpoint {path}: {why}", file=sys.stderr)
+        if is_chief:
+            _move_checkpoint_aside(path)
+    return latest
+
+
+def _move_checkpoint_aside(prefix):
+    prefix = pathlib.Path(prefix)
+    target = prefix.parent / "unreadable"
+    target.mkdir(exist_ok=True)
+    for part in prefix.parent.glob(prefix.name + ".*"):
+        os.replace(part, target / part.name)
+    print(f"moved {prefix.name}.* to {target}/", file=sys.stderr)
+
+
+def make_checkpoint_manager(ckpt, directory, keep):
+    """`tf.train.CheckpointManager` over `directory`; a damaged `checkpoint` state file
+    (which the manager parses on start) is moved aside rather than blocking the run."""
+    import tensorflow as tf
+
+    def make():
+        return tf.train.CheckpointManager(ckpt, str(directory), max_to_keep=keep,
+                                          checkpoint_name="ckpt")
+
+    try:
+        return make()
+    except Exception as err:  # text-proto parse errors come in several types
+        state = pathlib.Path(directory) / "checkpoint"
+        if not state.exists():
+            raise
+        aside = state.with_name("checkpoint.unreadable")
+        os.replace(state, aside)
+        print(f"checkpoint state file {state} is unreadable ({type(err).__name__}); "
+              f"moved to {aside}", file=sys.stderr)
+        return make()
+
+
+def non_finite_message(guard, manager, config):
+    kept = manager.latest_checkpoint
+    kept = (f"kept the last finite checkpoint {kept}" if kept
+            else "no finite checkpoint was written before it")
+    return (f"{guard.reason} at step {guard.failed_step}: training stopped; {kept}; no "
+            f"model.keras, export or metrics written (try a lower --lr than {config.lr:g})")
 
 
 def _truncate_csv(path, max_step):
@@ -394,10 +518,23 @@ def _truncate_csv(path, max_step):
     if not rows or "step" not in rows[0]:
         return 0.0
     col = rows[0].index("step")
-    kept = [rows[0]] + [r for r in rows[1:] if r and float(r[col]) <= max_step]
+
+    def keep(index, row):
+        try:
+            return float(row[col]) <= max_step
+        except (IndexError, ValueError):
+            # A kill while CSVLogger appends can leave a partial last row: drop only that.
+            return index != len(rows) - 1
+
+    kept = [rows[0]] + [r for i, r in enumerate(rows) if i > 0 and r and keep(i, r)]
     if len(kept) != len(rows):
-        with open(path, "w", newline="") as f:
-            csv.writer(f).writerows(kept)
+        import io
+
+        from keras_gald.io import atomic_write_text
+
+        buffer = io.StringIO()
+        csv.writer(buffer).writerows(kept)
+        atomic_write_text(path, buffer.getvalue())
     if len(kept) > 1 and "train_seconds" in rows[0]:
         value = kept[-1][rows[0].index("train_seconds")]
         return float(value) if value else 0.0
@@ -432,7 +569,11 @@ def train(config, strategy, strategy_desc, is_chief, worker_index, on_gpu):
         raise ValueError(f"batch_size {config.batch_size} is not divisible by {replicas} replicas")
 
     keras.utils.set_random_seed(config.seed)
-    train_src, val_src = data_sources(config)
+    try:
+        train_src, val_src = data_sources(config)
+    except (ValueError, OSError) as err:  # the readers' layout / missing-file errors
+        raise errors.UserError(
+            f"cannot read the {config.dataset} data set in {config.data_dir}: {err}") from err
     info = source_info(train_src)
     def fresh_train_pipeline():
         return data.make_dataset(
@@ -465,25 +606,31 @@ def train(config, strategy, strategy_desc, is_chief, worker_index, on_gpu):
             keras.KerasTensor((1,) + tuple(spec[1].shape[1:]), "int32"),
         ))
         ckpt = training_checkpoint(model, optimizer)
-    manager = tf.train.CheckpointManager(ckpt, str(write_dir / "checkpoints"),
-                                         max_to_keep=config.keep_checkpoints,
-                                         checkpoint_name="ckpt")
     start_step = 0
-    # Every worker restores the chief's latest checkpoint (shared file system assumed).
-    latest = tf.train.latest_checkpoint(str(run_dir / "checkpoints")) if config.resume else None
+    # Every worker restores the chief's newest readable checkpoint (shared file system
+    # assumed); damaged or non-finite ones are skipped, named, and moved aside so that
+    # the checkpoint manager neither resumes from nor rotates over them.
+    latest = None
+    if config.resume:
+        latest = rundir_restore(ckpt, run_dir / "checkpoints", is_chief)
+    manager = make_checkpoint_manager(ckpt, write_dir / "checkpoints", config.keep_checkpoints)
     if latest:
-        ckpt.restore(latest).assert_consumed()
         start_step = int(optimizer.iterations.numpy())
         print(f"resumed from {latest} at step {start_step}")
     else:
         if config.init_weights:
-            model.load_weights(config.init_weights)
+            try:
+                model.load_weights(config.init_weights)
+            except (ValueError, OSError, KeyError) as err:  # another model / not a weights file
+                raise errors.UserError(
+                    f"init_weights {config.init_weights} does not fit this model "
+                    f"({info.num_classes} classes, backbone {config.backbone}): "
+                    f"{' '.join(str(err).split())[:300]}") from err
         if is_chief:
-            model.save_weights(write_dir / "initial.weights.h5")  # reproducibility
-    if not latest and not config.resume and is_chief and (run_dir / "checkpoints").exists():
-        shutil.rmtree(run_dir / "checkpoints")
-        for name in ("log.csv",):
-            (run_dir / name).unlink(missing_ok=True)
+            from keras_gald.io import atomic_path
+
+            with atomic_path(write_dir / "initial.weights.h5") as tmp:  # reproducibility
+                model.save_weights(tmp)
 
     print(f"strategy: {strategy_desc}; replicas {replicas}; sync_bn {sync_bn}; xla {xla}; "
           f"mixed precision {keras.mixed_precision.global_policy().name}")
@@ -502,9 +649,14 @@ def train(config, strategy, strategy_desc, is_chief, worker_index, on_gpu):
         seconds_before = _truncate_csv(csv_path, start_step)
         val_fn = lambda: evaluate_model(model, val_ds, info, config.eval_scale,  # noqa: E731
                                         config.eval_max_images)
+        from keras_gald.callbacks import StopOnNonFinite
+
+        # First in the list: the checkpointing callback after it asks `guard.tripped`.
+        guard = StopOnNonFinite(verbose=False)
         callbacks = [
+            guard,
             _TrainCallbacks.make(model, optimizer, manager, config, is_chief, val_fn, stop_step,
-                                 seconds_before),
+                                 seconds_before, guard=guard),
             keras.callbacks.CSVLogger(str(csv_path), append=True),
         ]
         try:
@@ -517,6 +669,8 @@ def train(config, strategy, strategy_desc, is_chief, worker_index, on_gpu):
         model.fit(train_ds, epochs=epochs, initial_epoch=initial_epoch, steps_per_epoch=spe,
                   callbacks=callbacks, verbose=1 if is_chief else 0)
         step = int(optimizer.iterations.numpy())
+        if guard.tripped:
+            raise errors.NonFiniteStop(non_finite_message(guard, manager, config))
         if manager.latest_checkpoint is None or not manager.latest_checkpoint.endswith(f"-{step}"):
             manager.save(checkpoint_number=step)
         print(f"trained steps {start_step} -> {step} in {time.time() - t0:.1f}s")
@@ -527,9 +681,18 @@ def train(config, strategy, strategy_desc, is_chief, worker_index, on_gpu):
         print(f"stopped at step {step} (stop_at={config.stop_at}); rerun to resume")
         return {"step": step}
 
-    model.save(write_dir / "model.keras")
+    from keras_gald.callbacks import first_non_finite
+    from keras_gald.io import atomic_directory, atomic_write_json, save_model
+
+    bad = first_non_finite(model.weights)
+    if bad is not None:  # e.g. resumed to the end from a checkpoint written before this guard
+        raise errors.NonFiniteStop(
+            f"weights are non-finite ({bad}) at step {step}; no model.keras, export or "
+            "metrics written")
+    save_model(model, write_dir / "model.keras")
     if config.export_saved_model:
-        model.export(str(write_dir / "saved_model"), verbose=False)
+        with atomic_directory(write_dir / "saved_model") as tmp:
+            model.export(str(tmp), verbose=False)
     t0 = time.time()
     metric = evaluate_model(model, val_ds, info, config.eval_scale, config.eval_max_images)
     import numpy as np
@@ -545,29 +708,43 @@ def train(config, strategy, strategy_desc, is_chief, worker_index, on_gpu):
                           for n, v in zip(info.class_names, per_class)},
         "eval_seconds": round(time.time() - t0, 2), "eval_scale": config.eval_scale,
     }
-    with open(write_dir / "metrics.json", "w") as f:
-        json.dump(result, f, indent=2)
+    atomic_write_json(write_dir / "metrics.json", result)
     print(f"final mIoU: {miou:.4f} ({miou * 100:.2f}%)")
     if not is_chief:
         shutil.rmtree(write_dir, ignore_errors=True)
     return result
 
 
+@errors.command("keras-gald train")
 def main(argv=None):
     args = build_parser().parse_args(argv)
     config = config_from_args(args)
     print("resolved config:\n" + config.to_json())
     if args.print_config:
         return 0
+    if _chief_from_env():
+        rundir.prepare_run_dir(config.run_dir, config.resume, args.overwrite)
     # Before any TF op: split the CPU into logical devices / pick the strategy.
     gpus, n_cpu = strategy_lib.configure_devices(config.devices)
     strategy, desc, is_chief, index = strategy_lib.make_strategy(config.devices, gpus, n_cpu)
     from training import run_setup
 
     # Folder datasets: split, summary, auto sizes; refuses to resume under another config;
-    # writes RUN_DIR/config.json.
-    config = run_setup.prepare_run(config, run_setup.explicit_keys(args), is_chief)
-    train(config, strategy, desc, is_chief, index, on_gpu=bool(gpus))
+    # keeps a previous config.json that differs aside; writes RUN_DIR/config.json.
+    try:
+        config = run_setup.prepare_run(config, run_setup.explicit_keys(args), is_chief)
+    except (ValueError, OSError) as err:
+        raise errors.UserError(str(err)) from err
+    import tensorflow as tf
+
+    try:
+        train(config, strategy, desc, is_chief, index, on_gpu=bool(gpus))
+    except tf.errors.InvalidArgumentError as err:
+        message = errors.data_assertion(err)
+        if message is None:  # not a data check: a bug, keep the traceback
+            raise
+        raise errors.CommandFailed(
+            f"data error: {message}; the last checkpoint is kept, rerun resumes") from err
     return 0
 
 

@@ -68,8 +68,13 @@ def load_pair(image_path, label_path):
     Raises (when run) an `InvalidArgumentError` naming the files if the label is not a
     single-channel image or its size differs from the image's.
     """
-    image = tf.io.decode_image(tf.io.read_file(image_path), channels=3, expand_animations=False)
-    label = tf.io.decode_png(tf.io.read_file(label_path), channels=0)
+    image_bytes = tf.io.read_file(image_path)
+    label_bytes = tf.io.read_file(label_path)
+    # TF's decoders fail with "jpeg::Uncompress failed" / "Unknown image file format" and no
+    # path; these checks fail first, naming the file.
+    image = tf.io.decode_image(_checked_image_bytes(image_bytes, image_path, "image"), channels=3,
+                               expand_animations=False)
+    label = tf.io.decode_png(_checked_image_bytes(label_bytes, label_path, "label"), channels=0)
     tf.debugging.Assert(
         tf.equal(tf.shape(label)[2], 1),
         ["label must be a single-channel (grayscale id) PNG, got channels:", tf.shape(label)[2],
@@ -84,8 +89,11 @@ def load_color_pair(image_path, label_path):
 
     Raises (when run) an `InvalidArgumentError` naming the files if the sizes differ.
     """
-    image = tf.io.decode_image(tf.io.read_file(image_path), channels=3, expand_animations=False)
-    label = tf.io.decode_png(tf.io.read_file(label_path), channels=3)
+    image = tf.io.decode_image(
+        _checked_image_bytes(tf.io.read_file(image_path), image_path, "image"), channels=3,
+        expand_animations=False)
+    label = tf.io.decode_png(
+        _checked_image_bytes(tf.io.read_file(label_path), label_path, "label"), channels=3)
     _assert_same_size(image, label, image_path, label_path)
     return image, label
 
@@ -116,6 +124,42 @@ def colors_to_train_ids(rgb, info, label_path, validate=True):
         )
     mapped = tf.where(known, tf.gather(ids, index), IGNORE_LABEL)
     return tf.cast(tf.reshape(mapped, tf.shape(code)), tf.uint8)
+
+
+def _checked_image_bytes(data, path, what):
+    """`data` after asserting it is a complete JPEG / PNG / BMP / GIF / WebP file.
+
+    Checks the format's signature, and for JPEG and PNG that the end marker is present
+    (JPEG EOI `FF D9` within the last 1 KiB; PNG `IEND` chunk last): a non-image or a
+    truncated file fails here with its path, not inside the decoder without one.
+    """
+    size = tf.strings.length(data)
+    head = tf.io.decode_raw(tf.strings.substr(data, 0, 12), tf.uint8)
+    head = tf.pad(head, [[0, 12 - tf.size(head)]])  # short files compare against zeros
+    tail_len = tf.minimum(size, 1024)
+    tail = tf.io.decode_raw(tf.strings.substr(data, size - tail_len, tail_len), tf.uint8)
+    tail = tf.pad(tail, [[0, tf.maximum(12 - tf.size(tail), 0)]])
+
+    def equal(values, start, signature):
+        return tf.reduce_all(tf.equal(values[start:start + len(signature)],
+                                      tf.constant(signature, tf.uint8)))
+
+    is_jpeg = equal(head, 0, (0xFF, 0xD8, 0xFF))
+    is_png = equal(head, 0, (0x89, 0x50, 0x4E, 0x47))
+    is_bmp = equal(head, 0, (0x42, 0x4D))
+    is_gif = equal(head, 0, (0x47, 0x49, 0x46, 0x38))
+    is_webp = equal(head, 0, (0x52, 0x49, 0x46, 0x46)) & equal(head, 8, (0x57, 0x45, 0x42, 0x50))
+    known = tf.debugging.Assert(
+        is_jpeg | is_png | is_bmp | is_gif | is_webp,
+        [f"{what} file is not a JPEG/PNG/BMP/GIF/WebP image (empty, corrupt or another "
+         "format):", path])
+    jpeg_end = tf.reduce_any(tf.equal(tail[:-1], 0xFF) & tf.equal(tail[1:], 0xD9))
+    png_end = equal(tail[tf.size(tail) - 12:], 4, (0x49, 0x45, 0x4E, 0x44))  # "IEND"
+    complete = (~is_jpeg | jpeg_end) & (~is_png | png_end)
+    whole = tf.debugging.Assert(complete, [f"{what} file is truncated (no end marker):", path])
+    # The decoder must run after the checks, or its own path-less error could come first.
+    with tf.control_dependencies([known, whole]):
+        return tf.identity(data)
 
 
 def _assert_same_size(image, label, image_path, label_path):

@@ -586,20 +586,29 @@ def check_pairs(pairs, info, check_values=True, check_sizes=True):
         for p in (image_path, label_path):
             if not os.path.isfile(p):
                 raise FileNotFoundError(f"file not found: {p}")
+        try:
+            label_img = Image.open(label_path)
+            label_img.load()
+        except (OSError, ValueError, SyntaxError) as err:
+            raise ValueError(f"cannot decode label {label_path}: {err}") from err
         if info.label_colors is not None:
-            with Image.open(label_path) as label_img:
+            with label_img:
                 label = np.asarray(label_img.convert("RGB"))
             if check_values:
                 info.labels_to_train_ids(label, label_path)
             if check_sizes:
-                with Image.open(image_path) as image_img:
-                    width, height = image_img.size
+                try:
+                    with Image.open(image_path) as image_img:
+                        image_img.load()  # decode fully: a truncated file fails only here
+                        width, height = image_img.size
+                except (OSError, ValueError, SyntaxError) as err:
+                    raise ValueError(f"cannot decode image {image_path}: {err}") from err
                 if (height, width) != label.shape[:2]:
                     raise ValueError(
                         f"image size {height}x{width} (HxW) of {image_path} differs from label "
                         f"size {label.shape[0]}x{label.shape[1]} of {label_path}")
             continue
-        with Image.open(label_path) as label_img:
+        with label_img:
             if label_img.mode not in ("L", "P", "I", "I;16", "1"):
                 raise ValueError(
                     f"label {label_path} has mode {label_img.mode!r}: labels must be "
@@ -611,9 +620,13 @@ def check_pairs(pairs, info, check_values=True, check_sizes=True):
                     "(mode 'L'), TF decodes palette PNGs to colours"
                 )
             label = np.asarray(label_img)
-        if check_sizes:
+        try:
             with Image.open(image_path) as image_img:
+                image_img.load()  # decode fully: a truncated file fails only here
                 width, height = image_img.size
+        except (OSError, ValueError, SyntaxError) as err:
+            raise ValueError(f"cannot decode image {image_path}: {err}") from err
+        if check_sizes:
             if (height, width) != label.shape[:2]:
                 raise ValueError(
                     f"image size {height}x{width} (HxW) of {image_path} differs from label "

@@ -243,10 +243,49 @@ class Segmenter(keras.Model):
         return super().compute_metrics(x, y, logits, sample_weight)
 
     def export(self, filepath, format="tf_saved_model", verbose=None, input_signature=None, **kwargs):
-        """Exports the inference graph (no auxiliary head); see `keras.Model.export`."""
-        return self._logits_model.export(
-            filepath, format=format, verbose=verbose, input_signature=input_signature, **kwargs
-        )
+        """Exports the inference graph (no auxiliary head) in a form that runs.
+
+        Keras' own exporters trace the XLA-compiled fast paths and map dilated SAME
+        convolutions to ONNX `auto_pad`, which onnxruntime rejects; for dynamic sizes
+        the LiteRT converter falls back to Flex ops. So each format is routed through
+        `keras_gald.export`, which traces under `portable_ops()`:
+
+        * `"tf_saved_model"`: Keras' SavedModel export of the logits model (endpoint
+          `serve`, float32 normalised images -> logits), traced portably and written
+          to a temporary folder that is renamed into place.
+        * `"onnx"`: `keras_gald.export.to_onnx` (`opset_version=` kwarg, default 17).
+        * `"litert"` / `"tflite"`: `keras_gald.export.to_tflite`, builtin ops only;
+          `input_signature` must fix the height and width, e.g.
+          `[keras.InputSpec(shape=(1, 256, 256, 3))]` (dynamic sizes need Flex ops
+          and are refused before converting).
+
+        Other formats raise `ValueError`.
+        """
+        # `keras_gald.export` depends only on `layers` / `data`, not on `models`, so this
+        # call-time import adds no cycle.
+        from keras_gald import export as export_lib
+
+        if format == "tf_saved_model":
+            return export_lib.keras_saved_model(
+                self._logits_model, filepath, verbose=verbose,
+                input_signature=input_signature, **kwargs)
+        if format == "onnx":
+            unknown = set(kwargs) - {"opset_version"}
+            if unknown or input_signature is not None:
+                raise ValueError(
+                    f"GALD ONNX export takes only opset_version (got {sorted(unknown)}, "
+                    f"input_signature={input_signature!r}); for more control call "
+                    "keras_gald.export.to_onnx(model, path, opset=...)")
+            return export_lib.to_onnx(self, filepath, opset=kwargs.get("opset_version") or 17)
+        if format in ("litert", "tflite"):
+            if kwargs:
+                raise ValueError(f"GALD LiteRT export takes no extra options, got {sorted(kwargs)}; "
+                                 "call keras_gald.export.to_tflite(model, path, input_size=(h, w))")
+            return export_lib.to_tflite(
+                self, filepath, input_size=export_lib.fixed_input_size(input_signature))
+        raise ValueError(
+            f"export format {format!r} is not supported for GALD models; use 'tf_saved_model', "
+            "'onnx' or 'litert', or keras_gald.export.to_saved_model / to_onnx / to_tflite")
 
 
 def _rank1_logs_for_multi_worker(logs):

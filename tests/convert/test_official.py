@@ -303,7 +303,9 @@ def test_cli_npz_to_keras_round_trip_then_export_and_fit(converted, r50_state, t
     for name in ("head_classifier", "dsn_classifier", "head_conva_conv"):
         assert not np.array_equal(restored.get_layer(name).kernel.numpy(), model.get_layer(name).kernel.numpy())
 
-    assert convert_cli.main([str(checkpoint), "--depth", "50", "--num-classes", "21", "--out", str(out)]) == 1
+    # --overwrite: an existing --out is otherwise refused up front (exit 2).
+    assert convert_cli.main([str(checkpoint), "--depth", "50", "--num-classes", "21", "--out", str(out),
+                             "--overwrite"]) == 1
     err = capsys.readouterr().err
     assert "head.bottleneck.3.weight checkpoint (19, 512, 1, 1) vs model (21, 512, 1, 1)" in err
     with pytest.raises(SystemExit):
