@@ -29,10 +29,45 @@ def test_every_ga_ld_combination_builds_and_runs(ga, ld):
     assert np.isfinite(keras.ops.convert_to_numpy(logits)).all()
 
 
+def _sources(model, name):
+    """What feeds layer `name`: producing layer names, `backbone:0` (stage 3) /
+    `backbone:1` (the final features X) for the backbone's two outputs."""
+    backbone = model.get_layer(TINY)
+    names = []
+    for tensor in model.get_layer(name)._inbound_nodes[0].input_tensors:
+        operation, _, index = tensor._keras_history
+        names.append(f"backbone:{index}" if operation is backbone else operation.name)
+    return names
+
+
+# Which layer feeds which in the paper's three arrangements (Sec. III-C): GALD is LD
+# distributing the GA output with X as the local features; LDGA runs LD on X and GA
+# after it; parallel concatenates GA(X) and LD(X). The head always sees X as well.
+_TOPOLOGY = {
+    ("gald", "v1"): {"ga_aspp": ["backbone:1"], "ld_v1": ["ga_aspp"],
+                     "head_concat": ["ld_v1", "backbone:1"]},
+    ("gald", "v2"): {"ga_aspp": ["backbone:1"], "ld_v2": ["ga_aspp", "backbone:1"],
+                     "head_conv": ["ld_v2"]},  # LDv2 concatenates X itself
+    ("ldga", "v1"): {"ld_v1": ["backbone:1"], "ga_aspp": ["ld_v1"],
+                     "head_concat": ["ga_aspp", "backbone:1"]},
+    ("ldga", "v2"): {"ld_v2": ["backbone:1", "backbone:1"], "ga_aspp": ["ld_v2"],
+                     "head_concat": ["ga_aspp", "backbone:1"]},
+    ("parallel", "v1"): {"ga_aspp": ["backbone:1"], "ld_v1": ["backbone:1"],
+                         "parallel_concat": ["ga_aspp", "ld_v1"],
+                         "head_concat": ["parallel_concat", "backbone:1"]},
+    ("parallel", "v2"): {"ga_aspp": ["backbone:1"], "ld_v2": ["backbone:1", "backbone:1"],
+                         "parallel_concat": ["ga_aspp", "ld_v2"],
+                         "head_concat": ["parallel_concat", "backbone:1"]},
+}
+
+
 @pytest.mark.parametrize("arrangement", ["gald", "ldga", "parallel"])
 @pytest.mark.parametrize("ld", ["v1", "v2"])
 def test_arrangements(arrangement, ld):
     model = GALD(TINY, ga="aspp", ld=ld, arrangement=arrangement, num_classes=4)
+    for layer, sources in _TOPOLOGY[arrangement, ld].items():
+        assert _sources(model, layer) == sources, (arrangement, ld, layer)
+    assert _sources(model, "aux_conv") == ["backbone:0"]  # the auxiliary head reads stage 3
     assert model(_images()).shape == (1, H, W, 4)
 
 
@@ -157,11 +192,20 @@ def test_too_small_input_error_names_minimum():
         GALD(TINY, ga="aspp", ld="v1", num_classes=3, input_shape=(12, 40, 3))
 
 
-@pytest.mark.parametrize("output_stride", [8, 16, 32])
-def test_output_strides(output_stride):
+@pytest.mark.parametrize("output_stride,rates", [(8, (12, 24, 36)), (16, (6, 12, 18)),
+                                                  (32, (3, 6, 9))])
+def test_output_strides(output_stride, rates):
     model = GALD(TINY, ga="aspp", ld="v2", num_classes=2, output_stride=output_stride)
     out = model(_images(), training=True)
     assert out["logits"].shape == (1, H, W, 2)
+    # X is at 1/output_stride of the image (stride-2 steps round up: 65x97 -> 9x13 at 8),
+    # stage 3 at 1/8 up to output stride 8 and 1/16 beyond; ASPP's rates scale with it.
+    backbone_outputs = model.get_layer(TINY)._inbound_nodes[0].output_tensors
+    features = keras.Model(model.inputs, backbone_outputs)(_images())
+    size = lambda s: (-(-H // s), -(-W // s))  # noqa: E731
+    assert tuple(features[1].shape[1:3]) == size(output_stride)
+    assert tuple(features[0].shape[1:3]) == size(min(output_stride, 16))
+    assert tuple(model.get_layer("ga_aspp").dilation_rates) == rates
 
 
 def test_auto_aux_loss_follows_the_main_loss():
