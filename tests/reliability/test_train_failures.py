@@ -149,15 +149,25 @@ def test_final_artefacts_of_a_run_are_complete(finished_run):
 
 
 # ---------------------------------------------------------------- found next: changed config
-def test_resume_with_another_model_is_one_line_and_keeps_old_config(run_copy):
+def test_resume_with_another_model_is_one_line_and_keeps_everything(run_copy):
     old_config = (run_copy / "config.json").read_text()
     before = listing(run_copy / "checkpoints")
     proc = run_cli("train", *TINY, "--run-dir", run_copy, "--set", "head_channels=16")
-    assert_one_line_error(proc, "train", 2, "do not match this config's model", "--overwrite")
-    kept = [p for p in run_copy.iterdir() if p.name.startswith("config.json.old-")]
-    assert len(kept) == 1 and kept[0].read_text() == old_config
+    assert_one_line_error(proc, "train", 2, "resuming this run with a different configuration",
+                          "head_channels", "--overwrite")
+    assert (run_copy / "config.json").read_text() == old_config
+    assert not list(run_copy.glob("config.json.old-*"))
     assert listing(run_copy / "checkpoints") == before
     assert (run_copy / "model.keras").exists()
+
+
+def test_resume_with_an_allowed_change_keeps_the_old_config_aside(run_copy):
+    old_config = (run_copy / "config.json").read_text()
+    proc = run_cli("train", *TINY, "--run-dir", run_copy, "--set", "eval_max_images=1")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    kept = [p for p in run_copy.iterdir() if p.name.startswith("config.json.old-")]
+    assert len(kept) == 1 and kept[0].read_text() == old_config
+    assert '"eval_max_images": 1' in (run_copy / "config.json").read_text()
 
 
 def test_partial_last_log_row_from_a_kill_is_dropped_on_resume(tmp_path):
