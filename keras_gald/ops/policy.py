@@ -25,7 +25,13 @@ import typing
 
 from keras_gald.ops.hardware import machine
 
-_INF = float("inf")
+try:  # Read while tf.function traces: AutoGraph must call these as plain Python.
+    from tensorflow import autograph as _autograph
+
+    _plain_python = _autograph.experimental.do_not_convert
+except ImportError:  # pragma: no cover - TensorFlow is a dependency today
+    def _plain_python(fn):
+        return fn
 
 
 def _machine_defaults(m):
@@ -114,6 +120,7 @@ class Policy:
     ldv2_fold: typing.Optional[bool] = None
     jit_slices: typing.Optional[bool] = None
 
+    @_plain_python
     def __post_init__(self):
         defaults = _machine_defaults(machine())
         for field in dataclasses.fields(self):
@@ -121,11 +128,13 @@ class Policy:
                 object.__setattr__(self, field.name, defaults[field.name])
 
     @staticmethod
+    @_plain_python
     def current():
         """The innermost active `Policy`, else this machine's default one."""
         active = _CURRENT.get()
         return active if active is not None else _default()
 
+    @_plain_python
     def replace(self, **changes):
         """A copy with `changes` applied (unknown names raise TypeError)."""
         return dataclasses.replace(self, **changes)
@@ -147,5 +156,6 @@ _TOKENS = []
 
 
 @functools.lru_cache(maxsize=None)
+@_plain_python
 def _default():
     return Policy()

@@ -141,7 +141,7 @@ def test_auto_choice(kernel_policy):
     # Below WINOGRAD_MIN_WEIGHTS: the direct conv.
     ops, xla = _ops(conv(1), spec)
     assert "Conv2D" in ops and not xla
-    kernel_policy(winograd=True, winograd_min_weights=16 * 16)
+    kernel_policy(winograd=True, winograd_min_weights=16 * 16, winograd_min_pixels=512)
     for rate in (1, 2, 8):  # 4/9 of the work on a 32x32 map (1.3 * 0.44 < 1)
         ops, xla = _ops(conv(rate), spec)
         assert "Conv2D" not in ops and "BatchMatMulV2" in ops and xla, rate
@@ -189,7 +189,7 @@ def test_auto_choice(kernel_policy):
 
 
 def test_auto_keeps_the_direct_conv_above_the_memory_cap(kernel_policy):
-    kernel_policy(winograd=True, winograd_min_weights=1)
+    kernel_policy(winograd=True, winograd_min_weights=1, winograd_min_pixels=512)
     assert winograd_input_bytes(1, 32, 30, 16, 1) == 16 * 16 * 15 * 16 * 4
     assert winograd_input_bytes(1, 32, 30, 16, 1, itemsize=2) == 16 * 16 * 15 * 16 * 2
     kernel_policy(winograd_max_bytes=winograd_input_bytes(1, 32, 32, 16, 1))
@@ -213,7 +213,7 @@ def test_auto_keeps_the_direct_conv_above_the_memory_cap(kernel_policy):
 
 
 def test_auto_keeps_the_direct_conv_on_small_maps(kernel_policy):
-    kernel_policy(winograd=True, winograd_min_weights=1)
+    kernel_policy(winograd=True, winograd_min_weights=1, winograd_min_pixels=512)
     k = tf.zeros((3, 3, 16, 16))
 
     def conv(x):
@@ -226,7 +226,7 @@ def test_auto_keeps_the_direct_conv_on_small_maps(kernel_policy):
 
 
 def test_layer_on_winograd_matches_keras_conv2d(kernel_policy):
-    kernel_policy(winograd=True, winograd_min_weights=1)
+    kernel_policy(winograd=True, winograd_min_weights=1, winograd_min_pixels=512)
     keras.utils.set_random_seed(0)
     inputs = keras.Input((20, 14, 6))
     ours = DilatedConv2D(8, 3, padding="same", dilation_rate=2, use_bias=True)

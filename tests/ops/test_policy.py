@@ -65,7 +65,8 @@ def test_graph_traced_under_a_policy_follows_it():
     spec = tf.TensorSpec((1, 32, 32, 16), tf.float32)
 
     def ops(**changes):
-        with Policy.current().replace(winograd_min_weights=1, **changes):
+        changes = dict(winograd_min_weights=1, winograd_min_pixels=512, **changes)
+        with Policy.current().replace(**changes):
             fn = tf.function(lambda x: dilated_conv2d(x, k, (1, 1), "SAME"))
             return {op.type for op in fn.get_concrete_function(spec).graph.get_operations()}
 
@@ -84,3 +85,12 @@ def test_no_speed_switch_is_saved_in_a_layer_config():
 
 def test_machine_is_detected_once():
     assert hardware.machine() is hardware.machine()
+
+
+def test_first_use_inside_a_traced_function():
+    # The default policy may be built for the first time while tf.function (AutoGraph)
+    # traces a layer: it must run as plain Python there.
+    policy_module._default.cache_clear()
+    fn = tf.function(lambda x, k: dilated_conv2d(x, k, (1, 1), "SAME", method="conv"),
+                     jit_compile=True)
+    assert fn(tf.zeros((1, 9, 9, 2)), tf.zeros((3, 3, 2, 2))).shape == (1, 9, 9, 2)
