@@ -49,18 +49,17 @@ def _machine_defaults(m):
         conv_slices=onednn,
         slice_min_channels=1024,
         channel_slice=512,
-        # Winograd F(2x2, 3x3): with oneDNN from 256 x 256 weights per tap on
-        # maps of 512 pixels; on Eigen's kernels it wins only on the widest
-        # kernels (the heads' 2304 -> 512) on large maps, and loses at 512 x 512
-        # and below or on a 2 x 16 x 16 training map. bf16 needs oneDNN's bf16 matmul.
-        winograd=True,
+        # Winograd F(2x2, 3x3) from 256 x 256 weights per tap: measured to win
+        # on oneDNN's matmuls. On Eigen's kernels its forward loses to the direct
+        # conv and to the taps, and whole networks tie, so it stays off there.
+        winograd=onednn,
         winograd_bf16=onednn and m.bf16_instructions,
-        winograd_min_weights=256 * 256 if onednn else 1024 * 512,
+        winograd_min_weights=256 * 256,
         winograd_min_weights_bf16=512 * 512,
         winograd_cost=1.3,
         winograd_cost_bf16=1.8,
         winograd_max_bytes=256 * 2**20,
-        winograd_min_pixels=512 if onednn else 64 * 64,
+        winograd_min_pixels=512,
         ldv2_fold=True,
         jit_slices=True,
     )

@@ -23,11 +23,8 @@ def test_defaults_follow_the_machine(monkeypatch, onednn, bf16):
     _fake(monkeypatch, onednn, bf16)
     p = Policy()
     # Measured to win only on oneDNN's kernels (benchmarks/README.md).
-    assert p.conv_slices == p.taps_direct_forward_bf16 == onednn
+    assert p.winograd == p.conv_slices == p.taps_direct_forward_bf16 == onednn
     assert p.winograd_bf16 == (onednn and bf16)
-    # Winograd: from 256 x 256 weights per tap with oneDNN, the widest kernels only without.
-    assert p.winograd and p.winograd_min_weights == (256 * 256 if onednn else 1024 * 512)
-    assert p.winograd_min_pixels == (512 if onednn else 4096)
     # Skipping padding taps and LDv2's fold save work on any kernels.
     assert p.taps and p.ldv2_fold and p.jit_slices
     assert Policy(winograd=not onednn).winograd == (not onednn)  # an explicit value wins
