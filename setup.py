@@ -26,6 +26,8 @@ setup(
             "onnxruntime>=1.18",
             "tensorflow-datasets==4.9.10",
             "importlib_resources",
+            # Runs exported .tflite files (tf.lite.Interpreter is deprecated).
+            "ai-edge-litert>=2.0",
         ],
         "onnx": ["tf2onnx==1.17.*", "onnx>=1.16", "onnxruntime>=1.18"],
         "tfds": ["tensorflow-datasets==4.9.10", "importlib_resources"],
