@@ -572,6 +572,23 @@ def folder(root=None, class_names=None, names_file=None, image_dir=None, label_d
 # ----------------------------------------------------------------------------- pre-scan
 
 
+def _check_image(image_path, label, label_path, check_size=True):
+    """Decodes `image_path` fully (a truncated file fails only then) and, with `check_size`,
+    compares its size with the decoded `label`'s; `ValueError` naming the files."""
+    from PIL import Image
+
+    try:
+        with Image.open(image_path) as image_img:
+            image_img.load()
+            width, height = image_img.size
+    except (OSError, ValueError, SyntaxError) as err:
+        raise ValueError(f"cannot decode image {image_path}: {err}") from err
+    if check_size and (height, width) != label.shape[:2]:
+        raise ValueError(
+            f"image size {height}x{width} (HxW) of {image_path} differs from label "
+            f"size {label.shape[0]}x{label.shape[1]} of {label_path}")
+
+
 def check_pairs(pairs, info, check_values=True, check_sizes=True):
     """Decodes every pair with PIL and raises `ValueError` naming the first bad file.
 
@@ -596,17 +613,7 @@ def check_pairs(pairs, info, check_values=True, check_sizes=True):
                 label = np.asarray(label_img.convert("RGB"))
             if check_values:
                 info.labels_to_train_ids(label, label_path)
-            if check_sizes:
-                try:
-                    with Image.open(image_path) as image_img:
-                        image_img.load()  # decode fully: a truncated file fails only here
-                        width, height = image_img.size
-                except (OSError, ValueError, SyntaxError) as err:
-                    raise ValueError(f"cannot decode image {image_path}: {err}") from err
-                if (height, width) != label.shape[:2]:
-                    raise ValueError(
-                        f"image size {height}x{width} (HxW) of {image_path} differs from label "
-                        f"size {label.shape[0]}x{label.shape[1]} of {label_path}")
+            _check_image(image_path, label, label_path, check_sizes)
             continue
         with label_img:
             if label_img.mode not in ("L", "P", "I", "I;16", "1"):
@@ -620,18 +627,7 @@ def check_pairs(pairs, info, check_values=True, check_sizes=True):
                     "(mode 'L'), TF decodes palette PNGs to colours"
                 )
             label = np.asarray(label_img)
-        try:
-            with Image.open(image_path) as image_img:
-                image_img.load()  # decode fully: a truncated file fails only here
-                width, height = image_img.size
-        except (OSError, ValueError, SyntaxError) as err:
-            raise ValueError(f"cannot decode image {image_path}: {err}") from err
-        if check_sizes:
-            if (height, width) != label.shape[:2]:
-                raise ValueError(
-                    f"image size {height}x{width} (HxW) of {image_path} differs from label "
-                    f"size {label.shape[0]}x{label.shape[1]} of {label_path}"
-                )
+        _check_image(image_path, label, label_path, check_sizes)
         if check_values:
             values = np.unique(label)
             bad = [int(v) for v in values if v > 255 or v < 0 or lut[int(v)] == INVALID]
