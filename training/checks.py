@@ -67,24 +67,25 @@ def validate_train_config(config):
     return config
 
 
-def require_file(path, what):
+def _require(path, what, kind, is_kind):
     p = pathlib.Path(path)
     if not p.exists():
         raise UserError(f"{what} {path} does not exist")
-    if not p.is_file():
-        raise UserError(f"{what} {path} is not a file")
+    if not is_kind(p):
+        raise UserError(f"{what} {path} is not a {kind}")
     if not os.access(p, os.R_OK):
         raise UserError(f"{what} {path} is not readable")
     return p
 
 
+def require_file(path, what):
+    """`path` as a `Path` if it is a readable file, else `UserError` naming `what`."""
+    return _require(path, what, "file", pathlib.Path.is_file)
+
+
 def require_dir(path, what):
-    p = pathlib.Path(path)
-    if not p.exists():
-        raise UserError(f"{what} {path} does not exist")
-    if not p.is_dir():
-        raise UserError(f"{what} {path} is not a directory")
-    return p
+    """`path` as a `Path` if it is a readable directory, else `UserError` naming `what`."""
+    return _require(path, what, "directory", pathlib.Path.is_dir)
 
 
 def output_dir(path, what):
