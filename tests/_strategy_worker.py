@@ -1,9 +1,9 @@
 """Subprocess for the tf.distribute tests of keras_gald.metrics / keras_gald.losses.
 
-Run as `python tests/_strategy_worker.py INPUT.npz`. It splits the one physical
-CPU into two logical devices (which must happen before TensorFlow initialises,
-hence a separate process), builds a 2-replica `MirroredStrategy`, and prints
-one JSON object on its last stdout line:
+Run on two logical CPU devices (`tests/harness.py: run_python([this file, INPUT.npz],
+logical_cpus=2)`: the split must happen before TensorFlow initialises, hence a
+separate process). It builds a 2-replica `MirroredStrategy` and prints one JSON object
+on its last stdout line:
 
 * `metric`: `MeanIoU` updated with `strategy.run` over a distributed dataset
   (global batch 4 -> 2 per replica): the cross-replica confusion matrix and
@@ -26,11 +26,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-
-cpus = tf.config.list_physical_devices("CPU")
-tf.config.set_logical_device_configuration(
-    cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2
-)
 
 import keras  # noqa: E402
 

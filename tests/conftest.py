@@ -1,10 +1,11 @@
-"""Shared test helpers: locating `../shared` and loading the authors' fixtures."""
+"""Shared test fixtures: locating `../shared`, the authors' fixtures, the kernel policy.
+
+Subprocess runs and relative differences live in `tests/harness.py`.
+"""
 
 import json
 import os
 import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -67,35 +68,3 @@ def kernel_policy():
 
     with contextlib.ExitStack() as stack:
         yield lambda **changes: stack.enter_context(Policy.current().replace(**changes))
-
-
-def assert_close_relative(actual, expected, rtol=1e-4, err_msg=""):
-    """max|a - e| <= rtol * max|e| (the issue's 'relative to the output's scale')."""
-    actual = np.asarray(actual, np.float64)
-    expected = np.asarray(expected, np.float64)
-    assert actual.shape == expected.shape, (actual.shape, expected.shape)
-    scale = max(np.abs(expected).max(), 1e-12)
-    err = np.abs(actual - expected).max()
-    assert err <= rtol * scale, f"{err_msg} max abs diff {err:.3g} > {rtol} * scale {scale:.3g}"
-
-
-_TWO_CPU_PREAMBLE = """
-import json, os, sys
-os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
-sys.path.insert(0, {repo!r})
-import tensorflow as tf
-cpus = tf.config.list_physical_devices("CPU")
-tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
-"""
-
-
-def run_on_two_cpu_replicas(body, timeout=300):
-    """Runs `body` in a fresh Python whose CPU is split into 2 logical devices
-    (that must happen before TF starts, hence a subprocess; `json`, `os`, `sys`
-    and `tf` are imported) and returns the JSON it prints on its last line."""
-    script = _TWO_CPU_PREAMBLE.format(repo=str(REPO_ROOT)) + body
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=timeout, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -12,6 +12,7 @@ import tensorflow as tf
 from keras_gald import export
 from keras_gald.data import normalize
 from keras_gald.models import GALD
+from tests.harness import max_relative_diff
 
 
 def _tiny(ga, ld, impl=None, num_classes=3):
@@ -19,10 +20,6 @@ def _tiny(ga, ld, impl=None, num_classes=3):
     kwargs = {"impl": impl} if impl else None
     return GALD("resnet_tiny", ga=ga, ld=ld, num_classes=num_classes, head_channels=32,
                 aspp_filters=16, ldv2_kwargs=kwargs)
-
-
-def _rel(actual, expected):
-    return float(np.abs(actual - expected).max() / max(np.abs(expected).max(), 1e-12))
 
 
 def test_saved_model_uint8_serving_two_sizes(tmp_path):
@@ -37,11 +34,11 @@ def test_saved_model_uint8_serving_two_sizes(tmp_path):
         out = signature(images=tf.constant(images))
         assert out["class_ids"].dtype == tf.int32 and out["class_ids"].shape == shape[:3]
         assert out["probabilities"].shape == shape[:3] + (3,)
-        assert _rel(out["probabilities"].numpy(), tf.nn.softmax(expected).numpy()) < 1e-4
+        assert max_relative_diff(out["probabilities"].numpy(), tf.nn.softmax(expected).numpy()) < 1e-4
         agree = (out["class_ids"].numpy() == expected.argmax(-1)).mean()
         assert agree > 0.999
         logits = loaded.logits(tf.constant(normalize(images)))
-        assert _rel(logits.numpy(), expected) < 1e-4
+        assert max_relative_diff(logits.numpy(), expected) < 1e-4
 
 
 ONNX_CASES = [
@@ -71,7 +68,7 @@ def test_onnx_matches_keras(tmp_path, ga, ld, impl):
         (got,) = session.run(None, {inp.name: x})
         expected = model.predict(x, verbose=0)
         assert got.shape == expected.shape
-        assert _rel(got, expected) < 1e-4
+        assert max_relative_diff(got, expected) < 1e-4
 
 
 def test_onnx_same_pad_rewrite_only_touches_dilated_stride1():
@@ -105,7 +102,7 @@ def test_tflite_plain_conv_model(tmp_path):
     interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
     interpreter.invoke()
     got = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
-    assert _rel(got, model.predict(x, verbose=0)) < 1e-4
+    assert max_relative_diff(got, model.predict(x, verbose=0)) < 1e-4
 
 
 TFLITE_CASES = [
@@ -126,4 +123,4 @@ def test_tflite_fixed_size_matches_keras(tmp_path, ga, ld, impl):
     interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
     interpreter.invoke()
     got = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
-    assert _rel(got, model.predict(x, verbose=0)) < 1e-4
+    assert max_relative_diff(got, model.predict(x, verbose=0)) < 1e-4

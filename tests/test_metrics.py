@@ -1,10 +1,7 @@
 """Tests of keras_gald.metrics (and the losses under a 2-replica strategy)."""
 
-import json
 import os
 import pathlib
-import subprocess
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -25,6 +22,7 @@ from keras_gald.metrics import (  # noqa: E402
     iou_from_confusion,
     seg_to_boundary,
 )
+from tests.harness import last_json, run_python  # noqa: E402
 
 IGNORE = 255
 WORKER = pathlib.Path(__file__).resolve().parent / "_strategy_worker.py"
@@ -239,17 +237,8 @@ def strategy_run(tmp_path_factory):
     class_weights = np.array([1.0, 2.0, 0.5, 1.5])
     path = tmp_path_factory.mktemp("strategy") / "inputs.npz"
     np.savez(path, labels=labels, logits=logits, class_weights=class_weights)
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.run(
-        [sys.executable, str(WORKER), str(path)],
-        capture_output=True,
-        text=True,
-        timeout=540,
-        env=env,
-        cwd=str(WORKER.parent.parent),
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    proc = run_python([WORKER, path], logical_cpus=2, timeout=540)
+    out = last_json(proc.stdout)
     assert out["num_replicas"] == 2
     return out, labels, logits, class_weights
 

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from keras_gald.optimizers import SGD
-from tests.conftest import run_on_two_cpu_replicas
+from tests.harness import run_on_two_cpu_replicas
 
 
 def _run(optimizer, steps=4, sparse=False, jit=False):

@@ -18,7 +18,8 @@ from keras_gald.convert.official_resnet import read_state_dict
 from keras_gald.losses import SegmentationCrossEntropy
 from keras_gald.models.gald import GALD
 from keras_gald.models.official import build_gald_head, official_gald_v1
-from tests.conftest import OfficialFixture, assert_close_relative
+from tests.conftest import OfficialFixture
+from tests.harness import assert_close_relative
 from tests.models.test_official import keras_variable_for_key, official_keys, to_keras_layout
 from training import convert as convert_cli
 

@@ -8,7 +8,8 @@ import pytest
 import tensorflow as tf
 
 from keras_gald.convert.torch_weights import StateDict
-from tests.conftest import OfficialFixture, assert_close_relative
+from tests.conftest import OfficialFixture
+from tests.harness import assert_close_relative
 
 
 # ------------------------------------------------------------------------ inputs
@@ -250,7 +251,7 @@ def projected_gradients(layer, x, projection, training=True, jit_compile=False):
 
     if jit_compile:
         step = tf.function(step, jit_compile=True)
-    return step(tf.convert_to_tensor(x))
+    return step(tf.nest.map_structure(tf.convert_to_tensor, x))
 
 
 def assert_gradients(weights, grads, nonzero=True, finite=False, dtype=None):
@@ -281,3 +282,91 @@ def assert_rejects_bad_nhwc(make_layer, bad_rank_shape=(2, 8, 8, 8, 3),
         make_layer().compute_output_shape(bad_rank_shape)
     with pytest.raises(ValueError, match="channel dimension"):
         make_layer().build(unknown_channels_shape)
+
+
+# ------------------------------------------------------------------ the contract
+def _inputs_for(channels, batch, height, width, seed):
+    """One NHWC array (int `channels`) or a list of them (a tuple of channel counts)."""
+    if isinstance(channels, int):
+        return random_input((batch, height, width, channels), seed=seed)
+    return [random_input((batch, height, width, c), seed=seed + i) for i, c in enumerate(channels)]
+
+
+def _symbolic_inputs(channels):
+    if isinstance(channels, int):
+        return keras.Input((None, None, channels))
+    return [keras.Input((None, None, c)) for c in channels]
+
+
+def _shapes(channels, batch, height, width):
+    if isinstance(channels, int):
+        return (batch, height, width, channels)
+    return [(batch, height, width, c) for c in channels]
+
+
+def run_layer_test(make_layer, input_channels, output_channels, tmp_path,
+                   sizes=((2, 13, 17), (1, 6, 9)), bf16_rtol=5e-2, seed=0):
+    """What every layer of the library must do, checked in one place.
+
+    `make_layer()` returns a fresh, unbuilt layer taking NHWC inputs with
+    `input_channels` channels (an int, or a tuple for a layer called on a list
+    of tensors) and returning `output_channels` channels at the input's size.
+
+    1. Built on `(None, None, None, C)` and given random weights, it is called on
+       every `(batch, height, width)` of `sizes` (odd sizes): the output shape is
+       `(batch, height, width, output_channels)` and equals `compute_output_shape`.
+    2. A functional model with unknown batch, height and width (one graph for
+       every size) returns the eager outputs (to float32 round-off).
+    3. `get_config` / `from_config` gives a layer of the same config which, with
+       the same weights, computes the same output bit for bit.
+    4. A `.keras` file of the model loads back to the same config and outputs.
+    5. Under XLA, as `model.fit` compiles it, `training=True` gradients of a
+       random projection reach every trainable weight: present, finite, not all 0.
+    6. Under `mixed_bfloat16` the layer computes in bfloat16 with float32
+       variables, stays within `bf16_rtol` (relative to the output's scale) of
+       the float32 layer, and its gradients are float32 and finite.
+    """
+    layer = make_layer()
+    layer.build(_shapes(input_channels, None, None, None))
+    randomize_weights(layer, seed=seed)
+    eager = []
+    for i, (batch, height, width) in enumerate(sizes):
+        x = _inputs_for(input_channels, batch, height, width, seed=seed + 10 * i)
+        y = layer(x, training=False)
+        expected_shape = (batch, height, width, output_channels)
+        assert tuple(y.shape) == expected_shape, (tuple(y.shape), expected_shape)
+        assert tuple(layer.compute_output_shape(
+            _shapes(input_channels, batch, height, width))) == expected_shape
+        eager.append((x, np.asarray(y)))
+
+    inputs = _symbolic_inputs(input_channels)
+    outputs = layer(inputs)
+    assert tuple(outputs.shape) == (None, None, None, output_channels), outputs.shape
+    model = keras.Model(inputs, outputs)
+    for x, y in eager:
+        assert_close_relative(model.predict(x, verbose=0), y, rtol=1e-5)
+
+    assert_clone_matches(layer, eager[0][0], build_shape=_shapes(input_channels, None, None, None),
+                         training=False)
+    assert_keras_round_trip(model, tmp_path / "layer.keras", [x for x, _ in eager],
+                            type(layer), layer=layer, predict=False)
+
+    x = eager[0][0]
+    projection = lambda y: tf.random.stateless_normal(tf.shape(y), seed=(seed, 7))  # noqa: E731
+    grads = projected_gradients(layer, x, projection, training=True, jit_compile=True)
+    assert_gradients(layer.trainable_weights, grads, finite=True)
+
+    # (training=True above moved the BatchNorm statistics: a new float32 reference)
+    expected = np.asarray(layer(x, training=False))
+    with global_policy("mixed_bfloat16"):
+        twin = make_layer()
+        twin.build(_shapes(input_channels, None, None, None))
+        twin.set_weights(layer.get_weights())
+        assert twin.compute_dtype == "bfloat16"
+        assert all(w.dtype == "float32" for w in twin.weights), [w.dtype for w in twin.weights]
+        y = twin(x, training=False)
+        assert y.dtype == tf.bfloat16, y.dtype
+        assert_close_relative(tf.cast(y, tf.float32), expected, rtol=bf16_rtol)
+        grads = projected_gradients(twin, x, projection, training=True)
+        assert_gradients(twin.trainable_weights, grads, nonzero=False, finite=True,
+                         dtype=tf.float32)

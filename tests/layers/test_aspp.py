@@ -13,7 +13,8 @@ from keras_gald.convert.official_psp_aspp import load_official_aspp  # noqa: E40
 from keras_gald.convert.torch_weights import StateDict  # noqa: E402
 from keras_gald.layers.aspp import ASPP  # noqa: E402
 from keras_gald.layers.conv import DilatedConv2D  # noqa: E402
-from tests.conftest import OfficialFixture, assert_close_relative  # noqa: E402
+from tests.conftest import OfficialFixture  # noqa: E402
+from tests.harness import assert_close_relative  # noqa: E402
 from tests.layers._helpers import (  # noqa: E402
     assert_cases_close, assert_clone_matches, assert_gradients, assert_keras_round_trip,
     assert_rejects_bad_nhwc, functional_model, global_policy, load_fixture_into,

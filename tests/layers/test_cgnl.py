@@ -5,7 +5,8 @@ import tensorflow as tf
 from keras_gald.convert.official_cgnl_ldv1 import load_official_cgnl
 from keras_gald.convert.torch_weights import StateDict
 from keras_gald.layers.cgnl import CGNL
-from tests.conftest import OfficialFixture, assert_close_relative
+from tests.conftest import OfficialFixture
+from tests.harness import assert_close_relative
 from tests.layers._helpers import (
     assert_cases_close, assert_gradients, assert_keras_round_trip, bfloat16_twin,
     config_round_trip, functional_model, global_policy, load_fixture_into, projected_gradients,

@@ -7,7 +7,8 @@ from keras_gald.convert.torch_weights import StateDict
 from keras_gald.layers.cgnl import CGNL
 from keras_gald.layers.gald_block import GALDBlockV1
 from keras_gald.layers.ldv1 import LDv1
-from tests.conftest import OfficialFixture, assert_close_relative
+from tests.conftest import OfficialFixture
+from tests.harness import assert_close_relative
 from tests.layers._helpers import (
     assert_cases_close, assert_gradients, assert_keras_round_trip, bfloat16_twin,
     config_round_trip, functional_model, global_policy, load_fixture_into, projected_gradients,

@@ -6,7 +6,8 @@ import tensorflow as tf
 from keras_gald.convert.official_cgnl_ldv1 import load_official_ldv1
 from keras_gald.convert.torch_weights import StateDict
 from keras_gald.layers.ldv1 import AUTHORS_LDV1_OPTIONS, LDv1, min_valid_size
-from tests.conftest import OfficialFixture, assert_close_relative
+from tests.conftest import OfficialFixture
+from tests.harness import assert_close_relative
 from tests.layers._helpers import (
     assert_cases_close, assert_gradients, assert_keras_round_trip, bfloat16_twin,
     config_round_trip, functional_model, global_policy, load_fixture_into, projected_gradients,

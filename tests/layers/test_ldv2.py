@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_gald.layers import ldv2
 from keras_gald.layers.ldv2 import (
     LDv2,
     _local_aggregate,
@@ -17,7 +16,7 @@ from keras_gald.layers.ldv2 import (
 )
 from keras_gald.layers.portable import portable_ops
 from keras_gald.ops import Policy
-from tests.conftest import assert_close_relative
+from tests.harness import assert_close_relative
 from tests.layers._helpers import (
     assert_clone_matches,
     assert_keras_round_trip,

@@ -12,7 +12,7 @@ from keras_gald.layers.norm import (
     SyncBatchNormalization,
     batch_norm,
 )
-from tests.conftest import run_on_two_cpu_replicas
+from tests.harness import run_on_two_cpu_replicas
 
 
 def test_factory_picks_the_class_and_pytorch_defaults():

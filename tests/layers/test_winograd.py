@@ -14,7 +14,7 @@ from keras_gald.layers.conv import (
     winograd_input_bytes,
 )
 from keras_gald.layers.winograd import extended_size, winograd_conv3x3
-from tests.conftest import assert_close_relative
+from tests.harness import assert_close_relative
 from tests.layers._helpers import (
     bf16_matmul_error,
     conv_loss_and_grads,

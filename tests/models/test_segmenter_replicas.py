@@ -4,17 +4,10 @@ The CPU split must happen before TensorFlow initialises, so the checks run in a
 subprocess (`_SCRIPT`) that prints one JSON line of results.
 """
 
-import json
-import os
-import pathlib
-import subprocess
-import sys
-
 import pytest
 
+from tests.harness import last_json, max_relative_diff, run_python
 from training.train import resolve_xla_and_sync_bn
-
-REPO = pathlib.Path(__file__).resolve().parents[2]
 
 # A resize-free Segmenter (logits at input resolution): TF's XLA lowering of
 # ResizeBilinearGrad mixes float32 into float64 graphs, and this check needs float64.
@@ -24,8 +17,6 @@ _SCRIPT = r'''
 import json, os, sys
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
 import tensorflow as tf
-cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import keras
 import numpy as np
 keras.config.set_floatx("float64")
@@ -90,24 +81,9 @@ print("RESULT " + json.dumps(out))
 
 
 @pytest.fixture(scope="module")
-def replica_results(tmp_path_factory):
-    script = tmp_path_factory.mktemp("replicas") / "replicas.py"
-    script.write_text(_SCRIPT)
-    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
-    env.pop("TF_CONFIG", None)
-    proc = subprocess.run([sys.executable, str(script)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-    assert line, proc.stdout[-2000:] + proc.stderr[-2000:]
-    return json.loads(line[-1][len("RESULT "):])
-
-
-def _max_rel(a, b):
-    import numpy as np
-
-    return max(float(np.max(np.abs(np.subtract(u, v)))) / max(float(np.max(np.abs(v))), 1e-12)
-               for u, v in zip(a, b))
+def replica_results():
+    proc = run_python(["-c", _SCRIPT], logical_cpus=2)
+    return last_json(proc.stdout, prefix="RESULT ")
 
 
 def test_per_replica_xla_step_matches_the_uncompiled_step(replica_results):
@@ -118,8 +94,8 @@ def test_per_replica_xla_step_matches_the_uncompiled_step(replica_results):
     r = replica_results
     assert r["replica_xla1"] and not r["replica_xla0"]
     assert r["xla_traces"] >= 1  # the compiled function did run
-    assert _max_rel(r["jit1"], r["init"]) > 1e-3  # the steps moved the weights
-    assert _max_rel(r["jit1"], r["jit0"]) < 1e-6
+    assert max_relative_diff(r["jit1"], r["init"]) > 1e-3  # the steps moved the weights
+    assert max_relative_diff(r["jit1"], r["jit0"]) < 1e-6
 
 
 def test_replicas_hold_identical_variables_after_training(replica_results):

@@ -6,15 +6,14 @@ must be configured before TensorFlow initialises). Models are `resnet_tiny` on
 """
 
 import json
-import os
 import pathlib
 import socket
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 
+from tests.harness import max_relative_diff, run_python, start_python
 from training import config as config_lib
 from training import configs
 
@@ -28,16 +27,9 @@ TINY = [
 ]
 
 
-def run_train(args, env_extra=None, timeout=150):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
-    env.pop("TF_CONFIG", None)
-    env.update(env_extra or {})
-    proc = subprocess.run(
-        [sys.executable, "-m", "training.train", *args], cwd=REPO, env=env,
-        capture_output=True, text=True, timeout=timeout,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc.stdout
+def run_train(args, timeout=150):
+    """`keras-gald train ARGS` in a fresh Python -> its stdout (asserts exit code 0)."""
+    return run_python(["-m", "training.train", *args], timeout=timeout).stdout
 
 
 def fingerprint(stdout):
@@ -72,11 +64,6 @@ def load_weights_h5(path):
         keras.config.set_floatx("float32")
 
 
-def max_rel_diff(a, b):
-    return max(
-        float(np.max(np.abs(x - y))) / max(float(np.max(np.abs(y))), 1e-6)
-        for x, y in zip(a, b)
-    )
 
 
 # ----------------------------------------------------------------- config / schedule
@@ -214,7 +201,7 @@ def test_resume_matches_uninterrupted(full_run, tmp_path):
     assert [r.split(",")[lr_col] for r in rows[1:]] == [
         r.split(",")[full_rows[0].split(",").index("lr")] for r in full_rows[1:]]
     # Tolerance: 1e-5 relative to each variable's max |value| (float32 round-off).
-    diff = max_rel_diff(load_weights(run_dir / "model.keras"), load_weights(full_dir / "model.keras"))
+    diff = max_relative_diff(load_weights(run_dir / "model.keras"), load_weights(full_dir / "model.keras"))
     assert diff <= 1e-5, diff
 
 
@@ -226,10 +213,8 @@ def test_sigkill_then_resume(tmp_path):
     run_dir = tmp_path / "killed"
     args = TINY + ["--steps", "40", "--checkpoint-every", "2", "--run-dir", str(run_dir),
                    "--set", "export_saved_model=false"]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
-    env.pop("TF_CONFIG", None)
-    proc = subprocess.Popen([sys.executable, "-m", "training.train", *args], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start_python(["-m", "training.train", *args], stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL)
     ckpt_state = run_dir / "checkpoints" / "checkpoint"
     deadline = time.time() + 90
     while not ckpt_state.exists() and time.time() < deadline and proc.poll() is None:
@@ -270,8 +255,8 @@ def test_mirrored_two_logical_cpus_matches_single_device(tmp_path):
     w1 = load_weights(single / "model.keras")
     w2 = load_weights(mirrored / "model.keras")
     w0 = load_weights_h5(single / "initial.weights.h5")
-    assert max_rel_diff(w1, w0) > 1e-3  # the step did move the weights
-    diff = max_rel_diff(w2, w1)
+    assert max_relative_diff(w1, w0) > 1e-3  # the step did move the weights
+    diff = max_relative_diff(w2, w1)
     assert diff <= 1e-6, diff
 
 
@@ -298,8 +283,8 @@ def test_mirrored_xla_per_replica_step(tmp_path):
     assert "sync_bn False; xla False" in out2
     w1 = load_weights(xla_dir / "model.keras")
     w2 = load_weights(plain_dir / "model.keras")
-    assert max_rel_diff(w1, load_weights_h5(xla_dir / "initial.weights.h5")) > 1e-3  # it moved
-    assert max_rel_diff(w1, w2) <= 3e-2, max_rel_diff(w1, w2)
+    assert max_relative_diff(w1, load_weights_h5(xla_dir / "initial.weights.h5")) > 1e-3  # it moved
+    assert max_relative_diff(w1, w2) <= 3e-2, max_relative_diff(w1, w2)
     with pytest.raises(AssertionError, match="Choose one"):
         run_train(common + ["--xla", "--set", "sync_bn=true", "--run-dir", str(tmp_path / "bad")])
 
@@ -324,10 +309,9 @@ def test_multi_worker_two_processes(tmp_path, xla):
                    "--xla" if xla else "--no-xla"]
     procs = []
     for index in range(2):
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO),
-                   TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "training.train", *args], cwd=REPO, env=env,
+        tf_config = {"cluster": cluster, "task": {"type": "worker", "index": index}}
+        procs.append(start_python(
+            ["-m", "training.train", *args], env={"TF_CONFIG": json.dumps(tf_config)},
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     outs = []
     try:
