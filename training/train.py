@@ -297,29 +297,13 @@ def build_loss(config):
     return SegmentationCrossEntropy(distributed_mean=config.loss_distributed_mean)
 
 
-def evaluate_model(model, dataset, info, eval_scale=1.0, max_images=0):
-    """Full-image validation: -> keras_gald MeanIoU (confusion over all pixels)."""
-    import tensorflow as tf
+def validate(model, val_ds, info, config):
+    """The run's validation: `keras_gald.evaluation.evaluate` at `config.eval_scale`."""
+    from keras_gald import evaluation
 
-    from keras_gald.metrics import MeanIoU
-
-    metric = MeanIoU(info.num_classes, class_names=list(info.class_names))
-    scale = float(eval_scale)
-
-    @tf.function(reduce_retracing=True)
-    def infer(images):
-        if scale != 1.0:
-            hw = tf.cast(tf.round(tf.cast(tf.shape(images)[1:3], tf.float32) * scale), tf.int32)
-            images = tf.image.resize(images, hw, method="bilinear")
-        return model(images, training=False)
-
-    seen = 0
-    for images, masks in dataset:
-        metric.update_state(masks, infer(images))  # logits upsampled to label size
-        seen += int(images.shape[0])
-        if max_images and seen >= max_images:
-            break
-    return metric
+    return evaluation.evaluate(model, val_ds, info.num_classes, info.class_names,
+                               eval_scale=config.eval_scale,
+                               max_images=config.eval_max_images)
 
 
 def resumed_stream(make_pipeline, start_step):
@@ -419,7 +403,7 @@ class _TrainCallbacks:
                     logs["train_seconds"] = round(seconds_before + time.time() - t_start, 2)
                     if config.eval_every and step % config.eval_every == 0 and step < config.steps:
                         t_val = time.time()
-                        logs["val_mean_iou"] = float(val_fn().result())
+                        logs["val_mean_iou"] = val_fn()["mean_iou"]
                         seconds_before -= time.time() - t_val
 
         return StepLogger()
@@ -647,8 +631,7 @@ def train(config, strategy, strategy_desc, is_chief, worker_index, on_gpu):
         train_ds = resumed_stream(fresh_train_pipeline, start_step)
         csv_path = write_dir / "log.csv"
         seconds_before = _truncate_csv(csv_path, start_step)
-        val_fn = lambda: evaluate_model(model, val_ds, info, config.eval_scale,  # noqa: E731
-                                        config.eval_max_images)
+        val_fn = lambda: validate(model, val_ds, info, config)  # noqa: E731
         from keras_gald.callbacks import StopOnNonFinite
 
         # First in the list: the checkpointing callback after it asks `guard.tripped`.
@@ -694,18 +677,14 @@ def train(config, strategy, strategy_desc, is_chief, worker_index, on_gpu):
         with atomic_directory(write_dir / "saved_model") as tmp:
             model.export(str(tmp), verbose=False)
     t0 = time.time()
-    metric = evaluate_model(model, val_ds, info, config.eval_scale, config.eval_max_images)
-    import numpy as np
+    from keras_gald.evaluation import iou_table
 
-    per_class = np.asarray(metric.per_class_iou(), np.float64)
-    miou = float(metric.result())
-    table = metric.summary(title=f"{config.name}: validation IoU at step {step}")
-    print(table)
+    results = validate(model, val_ds, info, config)
+    miou = results["mean_iou"]
+    print(iou_table(results, title=f"{config.name}: validation IoU at step {step}"))
     result = {
         "config": config.name, "step": step, "mean_iou": miou,
-        "pixel_accuracy": float(metric.pixel_accuracy()),
-        "per_class_iou": {n: (None if np.isnan(v) else float(v))
-                          for n, v in zip(info.class_names, per_class)},
+        "pixel_accuracy": results["pixel_accuracy"], "per_class_iou": results["per_class_iou"],
         "eval_seconds": round(time.time() - t0, 2), "eval_scale": config.eval_scale,
     }
     atomic_write_json(write_dir / "metrics.json", result)
