@@ -151,43 +151,6 @@ def _config_from_args(args):
 # Imported lazily: the CPU must be split into logical devices before TF initialises.
 
 
-def make_poly_schedule_class():
-    import keras
-
-    @keras.saving.register_keras_serializable(package="keras_gald_training")
-    class PolyLR(keras.optimizers.schedules.LearningRateSchedule):
-        """`initial_lr * (1 - step / max_steps) ** power`, clamped at 0 past `max_steps`.
-
-        Driven by the optimizer's iteration count (step 0 -> `initial_lr`), so a restored
-        optimizer continues the schedule exactly.
-        """
-
-        def __init__(self, initial_lr, max_steps, power=0.9):
-            self.initial_lr = float(initial_lr)
-            self.max_steps = int(max_steps)
-            self.power = float(power)
-
-        def __call__(self, step):
-            step = keras.ops.cast(step, "float32")
-            frac = keras.ops.minimum(step / float(self.max_steps), 1.0)
-            return self.initial_lr * keras.ops.power(1.0 - frac, self.power)
-
-        def get_config(self):
-            return {"initial_lr": self.initial_lr, "max_steps": self.max_steps, "power": self.power}
-
-    return PolyLR
-
-
-_POLY = None
-
-
-def PolyLR(*args, **kwargs):  # noqa: N802 - factory that looks like the class
-    global _POLY
-    if _POLY is None:
-        _POLY = make_poly_schedule_class()
-    return _POLY(*args, **kwargs)
-
-
 def _truthy(value):
     return str(value).lower() in ("1", "true", "yes", "on")
 
@@ -276,7 +239,7 @@ def build_model(config, num_classes, sync_bn):
 
 
 def build_optimizer(config):
-    from keras_gald.optimizers import SGD
+    from keras_gald.optimizers import SGD, PolyLR
 
     opt = SGD(
         learning_rate=PolyLR(config.lr, config.steps, config.poly_power),

@@ -79,7 +79,7 @@ def max_rel_diff(a, b):
     )
 
 
-# ----------------------------------------------------------------- config / schedule
+# ----------------------------------------------------------------- config
 
 
 def test_presets_resolve_and_roundtrip_json():
@@ -129,25 +129,6 @@ def test_unknown_key_and_bad_values_raise():
     with pytest.raises(ValueError, match="eval_every"):
         config_lib.validate(config_lib.resolve_config(
             "default", {"eval_every": "7", "checkpoint_every": "5"}))
-
-
-def test_poly_schedule_values_and_serialization():
-    import keras
-
-    from training.train import PolyLR
-
-    sched = PolyLR(0.01, 100, 0.9)
-    steps = [0, 1, 50, 99, 100, 150]
-    got = [float(sched(s)) for s in steps]
-    want = [0.01 * (1 - min(s / 100, 1.0)) ** 0.9 for s in steps]
-    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9)
-    assert got[0] == pytest.approx(0.01) and got[-1] == 0.0
-    again = type(sched).from_config(sched.get_config())
-    assert float(again(37)) == pytest.approx(float(sched(37)))
-    # Driven by the optimizer's iteration count.
-    opt = keras.optimizers.SGD(learning_rate=sched)
-    opt.iterations.assign(50)
-    assert float(opt.learning_rate) == pytest.approx(want[2], rel=1e-6)
 
 
 # ----------------------------------------------------------------- runs
