@@ -55,10 +55,8 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from training import config as config_lib  # noqa: E402  (pure Python, no TF)
-from training import configs as presets  # noqa: E402
 from training import errors  # noqa: E402
 from training import rundir  # noqa: E402
-from training import strategy as strategy_lib  # noqa: E402
 
 
 def build_parser():
@@ -66,8 +64,9 @@ def build_parser():
         prog="keras-gald train", description=__doc__.split("\n\n")[0],
         epilog=rundir.RUN_DIR_HELP + " " + errors.EXIT_CODES_HELP)
     p.add_argument("--config", default=None,
-                   help=f"preset ({', '.join(presets.names())}; default: the --dataset's preset "
-                        "if there is one, else default) or a run's saved config.json")
+                   help=f"preset ({', '.join(config_lib.preset_names())}; default: the "
+                        "--dataset's preset if there is one, else default) or a run's saved "
+                        "config.json")
     p.add_argument("--dataset", help=f"dataset: {', '.join(config_lib.DATASETS)}")
     p.add_argument("--val-fraction", type=float,
                    help="folder dataset with one images/ pool: validation share (e.g. 0.2)")
@@ -140,7 +139,7 @@ def _config_from_args(args):
                       for k, v in flags.items() if v is not None})
     preset = args.config
     if preset is None:
-        preset = args.dataset if args.dataset in presets.names() else "default"
+        preset = args.dataset if args.dataset in config_lib.preset_names() else "default"
     config = config_lib.resolve_config(preset, overrides)
     if config.run_dir is None:
         config = config_lib.apply_overrides(config, {"run_dir": os.path.join("runs", config.name)})
@@ -149,10 +148,6 @@ def _config_from_args(args):
 
 # --------------------------------------------------------------------------- TF parts
 # Imported lazily: the CPU must be split into logical devices before TF initialises.
-
-
-def _truthy(value):
-    return str(value).lower() in ("1", "true", "yes", "on")
 
 
 def data_sources(config):
@@ -186,39 +181,6 @@ def data_sources(config):
 
 def source_info(source):
     return source[1]
-
-
-def resolve_xla_and_sync_bn(xla, sync_bn, replicas, on_gpu):
-    """-> (xla, sync_bn) booleans from the config's "auto" / "true" / "false" settings.
-
-    One device: XLA "auto" is on for a GPU, off for the CPU (where it measured slower);
-    SyncBN is meaningless and off. Several replicas: the per-replica XLA step cannot
-    run SyncBN's all-reduce, so the two exclude each other; with both on "auto", SyncBN
-    wins (the paper's recipe relies on it at 1-2 images per GPU), and an explicit
-    `xla=true` turns SyncBN "auto" off. Both explicitly true is an error.
-    """
-    xla_auto = str(xla).lower() == "auto"
-    sync_auto = str(sync_bn).lower() == "auto"
-    if replicas <= 1:
-        return (on_gpu if xla_auto else _truthy(xla)), (False if sync_auto else _truthy(sync_bn))
-    if sync_auto:
-        sync = xla_auto or not _truthy(xla)
-    else:
-        sync = _truthy(sync_bn)
-    use_xla = (on_gpu and not sync) if xla_auto else _truthy(xla)
-    if use_xla and sync:
-        raise ValueError(
-            f"xla=true and sync_bn=true over {replicas} replicas: the per-replica XLA step "
-            "cannot run SyncBN's cross-replica all-reduce. Choose one: --no-xla (SyncBN) "
-            "or --set sync_bn=false (per-replica BN statistics, XLA).")
-    if use_xla:
-        print(f"note: XLA over {replicas} replicas compiles each replica's forward/backward "
-              "step; BatchNorm uses per-replica statistics (SyncBN off), moving averages "
-              "are averaged over replicas.")
-    elif xla_auto and on_gpu:
-        print("note: XLA off so that BatchNorm is synchronized over replicas "
-              "(--xla with --set sync_bn=false trades SyncBN for XLA).")
-    return use_xla, sync
 
 
 def build_model(config, num_classes, sync_bn):
@@ -278,8 +240,10 @@ def resumed_stream(make_pipeline, start_step):
     """
     import tensorflow as tf
 
+    from keras_gald.distribute import is_multi_worker
+
     ds = make_pipeline().skip(start_step)
-    if strategy_lib.is_multi_worker():
+    if is_multi_worker():
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = (
             tf.data.experimental.AutoShardPolicy.DATA)
@@ -371,16 +335,6 @@ class _TrainCallbacks:
 
         return StepLogger()
 
-
-
-def _chief_from_env():
-    cfg = strategy_lib.tf_config()
-    if not cfg:
-        return True
-    task = cfg.get("task", {})
-    kind, index = task.get("type", "worker"), int(task.get("index", 0))
-    return kind == "chief" or (kind == "worker" and index == 0 and "chief" not in cfg.get(
-        "cluster", {}))
 
 
 def rundir_restore(ckpt, ckpt_dir, is_chief):
@@ -493,6 +447,7 @@ def train(config, strategy, strategy_desc, is_chief, worker_index, on_gpu):
     import tensorflow as tf
 
     from keras_gald import data
+    from keras_gald.distribute import resolve_xla_and_sync_bn
     from keras_gald.metrics import MeanIoU
 
     run_dir = pathlib.Path(config.run_dir)
@@ -501,7 +456,17 @@ def train(config, strategy, strategy_desc, is_chief, worker_index, on_gpu):
     write_dir.mkdir(parents=True, exist_ok=True)
     replicas = strategy.num_replicas_in_sync
 
-    xla, sync_bn = resolve_xla_and_sync_bn(config.xla, config.sync_bn, replicas, on_gpu)
+    try:
+        xla, sync_bn = resolve_xla_and_sync_bn(config.xla, config.sync_bn, replicas, on_gpu)
+    except ValueError as err:
+        raise errors.UserError(f"{err}: --no-xla, or --set sync_bn=false") from err
+    if replicas > 1 and xla:
+        print(f"note: XLA over {replicas} replicas compiles each replica's forward/backward "
+              "step; BatchNorm uses per-replica statistics (SyncBN off), moving averages "
+              "are averaged over replicas.")
+    elif replicas > 1 and config.xla is None and on_gpu:
+        print("note: XLA off so that BatchNorm is synchronized over replicas "
+              "(--xla with --set sync_bn=false trades SyncBN for XLA).")
     keras.config.set_floatx(config.dtype)
     keras.mixed_precision.set_global_policy(config.dtype)  # floatx alone may not reach it
     if config.mixed_precision:
@@ -664,11 +629,13 @@ def main(argv=None):
     print("resolved config:\n" + config.to_json())
     if args.print_config:
         return 0
-    if _chief_from_env():
+    from keras_gald import distribute
+
+    if distribute.is_chief():
         rundir.prepare_run_dir(config.run_dir, config.resume, args.overwrite)
     # Before any TF op: split the CPU into logical devices / pick the strategy.
-    gpus, n_cpu = strategy_lib.configure_devices(config.devices)
-    strategy, desc, is_chief, index = strategy_lib.make_strategy(config.devices, gpus, n_cpu)
+    gpus, n_cpu = distribute.configure_devices(config.devices)
+    strategy, desc, is_chief, index = distribute.make_strategy(config.devices, gpus, n_cpu)
     from training import run_setup
 
     # Folder datasets: split, summary, auto sizes; refuses to resume under another config;
