@@ -10,7 +10,9 @@ Datasets: camvid, cityscapes, ade20k, pascal_context, coco_stuff (their readers 
 did: `--split-file`, by default the `folder_split.json` next to `--model` (written by
 `keras-gald train`), else `--val-fraction F [--seed S]`, else every image. Classes from
 `--classes a,b,c`, else the training run's `config.json` next to the model, else
-`DIR/classes.txt` (colours there: RGB masks).
+`DIR/classes.txt` (colours there: RGB masks). Without `--scales`, a folder run's `eval_scale`
+resizes the images as the run's own validation did, so the mIoU is the run's `metrics.json`
+one. The numbers come from `keras_gald.evaluation.evaluate`.
 
 Prints a per-class IoU / accuracy table and writes (with `--out`) `metrics.json`,
 `confusion_matrix.png` and `examples/<k>_<name>.png` (input | prediction | ground truth |

@@ -42,9 +42,7 @@ excluded). PyTorch's SGD adds `wd * w` to the gradient instead (coupled, through
 momentum); the two differ by the momentum amplification of the decay term.
 """
 
-import argparse
 import csv
-import json
 import math
 import os
 import pathlib
