@@ -137,16 +137,16 @@ def evaluate_run(args, run_dir, train_seconds):
 
     import keras_gald.models  # noqa: F401  (registers the custom objects)
     from keras_gald import data
-    from training.evaluate import evaluate
+    from keras_gald import evaluation
 
     config = json.loads((run_dir / "config.json").read_text())
     model = keras.saving.load_model(run_dir / "model.keras", compile=False)
     source = data.camvid(args.data_dir, "val")
     t0 = time.time()
-    results = evaluate(model, source, scales=(config["eval_scale"],), boundary=True,
-                       boundary_thresholds=BOUNDARY_PX, limit=4 if args.quick else 0,
-                       verbose=0)
-    results.pop("table")
+    results = evaluation.evaluate(model, data.make_eval_dataset(source), source[1].num_classes,
+                                  source[1].class_names, eval_scale=config["eval_scale"],
+                                  boundary=True, boundary_thresholds=BOUNDARY_PX,
+                                  max_images=4 if args.quick else 0)
     results["eval_seconds"] = round(time.time() - t0, 1)
     results["train_seconds"] = round(train_seconds, 1)
     results["params"] = int(model.count_params())

@@ -52,7 +52,7 @@ def main(argv=None):
     config = json.loads((out / "train" / "config.json").read_text())
     model = keras.saving.load_model(out / "train" / "model.keras", compile=False)
     # The recipe trains at ~0.4 scale: infer at the same scale (logits are resized back).
-    results = evaluate(model, data.camvid(args.data_dir, "val"), scales=(config["eval_scale"],),
+    results = evaluate(model, data.camvid(args.data_dir, "val"), eval_scale=config["eval_scale"],
                        limit=args.images, images_to_show=args.images,
                        out=out / "predictions")
     print(summary_text(results))

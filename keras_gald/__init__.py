@@ -2,7 +2,7 @@
 
 Subpackages: `ops` (kernels and machine detection), `layers` (GA and LD blocks), `backbones` (dilated ResNets),
 `models` (the GALD factory), `data` (tf.data pipelines), `losses`, `metrics`,
-`optimizers`, `inference`, `export`, `convert`; `callbacks` (`StopOnNonFinite`),
+`optimizers`, `inference`, `evaluation` (mIoU of a model on a data set), `export`, `convert`; `callbacks` (`StopOnNonFinite`),
 `checkpoints` (restore the newest readable checkpoint), `io` (atomic writes, checked
 model loading).
 """
@@ -15,6 +15,7 @@ from keras_gald import (
     checkpoints,
     convert,
     data,
+    evaluation,
     export,
     inference,
     io,

@@ -1,4 +1,4 @@
-"""Optimizers: Keras' own, with TF's fused update kernels.
+"""Optimizers: Keras' own, with TF's fused update kernels; the poly learning-rate schedule.
 
 `keras.optimizers.SGD` updates each variable with four to five separate
 element-wise ops (scale the momentum, scale the gradient, subtract, assign,
@@ -49,3 +49,40 @@ class SGD(keras.optimizers.SGD):
             momentum=tf.cast(self.momentum, var.dtype),
             use_nesterov=bool(self.nesterov),
         )
+
+
+@keras.saving.register_keras_serializable(package="keras_gald")
+class PolyLR(keras.optimizers.schedules.LearningRateSchedule):
+    """The poly schedule: `initial_lr * (1 - step / max_steps) ** power`, 0 past `max_steps`.
+
+    `step` is the optimizer's iteration count (step 0 -> `initial_lr`), so an optimizer
+    restored from a checkpoint continues the schedule exactly. Serializable: it is saved
+    with the optimizer in a `.keras` file and by `keras.optimizers.schedules.serialize`.
+
+    Args:
+        initial_lr: learning rate at step 0.
+        max_steps: the step at which the rate reaches 0.
+        power: the exponent (0.9 in the GALD / PSPNet / DeepLab recipes).
+
+    Example:
+    >>> opt = SGD(learning_rate=PolyLR(0.01, max_steps=50000, power=0.9), momentum=0.9)
+    """
+
+    def __init__(self, initial_lr, max_steps, power=0.9):
+        if int(max_steps) < 1:
+            raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+        self.initial_lr = float(initial_lr)
+        self.max_steps = int(max_steps)
+        self.power = float(power)
+
+    def __call__(self, step):
+        step = keras.ops.cast(step, "float32")
+        frac = keras.ops.minimum(step / float(self.max_steps), 1.0)
+        return self.initial_lr * keras.ops.power(1.0 - frac, self.power)
+
+    def get_config(self):
+        return {"initial_lr": self.initial_lr, "max_steps": self.max_steps, "power": self.power}
+
+
+# `.keras` files saved before the schedule moved into the library name it this way.
+keras.saving.get_custom_objects()["keras_gald_training>PolyLR"] = PolyLR

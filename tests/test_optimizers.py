@@ -1,11 +1,11 @@
-"""keras_gald.optimizers.SGD: the fused update equals keras.optimizers.SGD."""
+"""keras_gald.optimizers: the fused SGD update equals keras.optimizers.SGD; the poly schedule."""
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_gald.optimizers import SGD
+from keras_gald.optimizers import SGD, PolyLR
 from tests.harness import run_on_two_cpu_replicas
 
 
@@ -72,6 +72,52 @@ def test_fit_and_serialization_round_trip(tmp_path):
     assert loaded.optimizer.get_config() == ours.optimizer.get_config()
     for a, b in zip(loaded.optimizer.variables, ours.optimizer.variables):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+
+def _poly(lr, total, power, step):
+    return lr * (1 - min(step / total, 1.0)) ** power
+
+
+def test_poly_schedule_values():
+    sched = PolyLR(0.01, 100, 0.9)
+    steps = [0, 1, 50, 99, 100, 150]
+    np.testing.assert_allclose([float(sched(s)) for s in steps],
+                               [_poly(0.01, 100, 0.9, s) for s in steps], rtol=1e-6, atol=1e-9)
+    assert float(sched(0)) == pytest.approx(0.01) and float(sched(150)) == 0.0
+    # Driven by the optimizer's iteration count.
+    opt = SGD(learning_rate=PolyLR(0.05, 40, 2.0))
+    opt.iterations.assign(10)
+    assert float(opt.learning_rate) == pytest.approx(0.05 * 0.75 ** 2, rel=1e-6)
+    with pytest.raises(ValueError, match="max_steps must be >= 1"):
+        PolyLR(0.01, 0)
+
+
+def test_poly_schedule_serialization():
+    sched = PolyLR(0.02, 300, 0.8)
+    config = keras.optimizers.schedules.serialize(sched)
+    assert config["registered_name"] == "keras_gald>PolyLR"
+    for again in (keras.optimizers.schedules.deserialize(config),
+                  PolyLR.from_config(sched.get_config())):
+        assert type(again) is PolyLR and again.get_config() == sched.get_config()
+        assert float(again(37)) == pytest.approx(_poly(0.02, 300, 0.8, 37), rel=1e-6)
+    # `.keras` files written before the schedule moved into the library still load.
+    old = dict(config, registered_name="keras_gald_training>PolyLR", module=None)
+    assert type(keras.optimizers.schedules.deserialize(old)) is PolyLR
+
+
+def test_poly_schedule_saved_with_the_optimizer(tmp_path):
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+    model.compile(optimizer=SGD(PolyLR(0.1, 20, 0.9), momentum=0.9), loss="mse")
+    model.fit(np.ones((8, 4), "float32"), np.zeros((8, 2), "float32"), batch_size=2, verbose=0)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    schedule = loaded.optimizer._learning_rate  # Keras keeps the schedule object here
+    assert isinstance(schedule, PolyLR) and schedule.get_config() == {
+        "initial_lr": 0.1, "max_steps": 20, "power": 0.9}
+    assert int(loaded.optimizer.iterations.numpy()) == 4
+    assert float(loaded.optimizer.learning_rate) == pytest.approx(_poly(0.1, 20, 0.9, 4), rel=1e-6)
 
 
 _TWO_REPLICAS = r"""

@@ -10,7 +10,9 @@ Datasets: camvid, cityscapes, ade20k, pascal_context, coco_stuff (their readers 
 did: `--split-file`, by default the `folder_split.json` next to `--model` (written by
 `keras-gald train`), else `--val-fraction F [--seed S]`, else every image. Classes from
 `--classes a,b,c`, else the training run's `config.json` next to the model, else
-`DIR/classes.txt` (colours there: RGB masks).
+`DIR/classes.txt` (colours there: RGB masks). Without `--scales`, a folder run's `eval_scale`
+resizes the images as the run's own validation did, so the mIoU is the run's `metrics.json`
+one. The numbers come from `keras_gald.evaluation.evaluate`.
 
 Prints a per-class IoU / accuracy table and writes (with `--out`) `metrics.json`,
 `confusion_matrix.png` and `examples/<k>_<name>.png` (input | prediction | ground truth |
@@ -53,8 +55,9 @@ def build_parser():
                    help="sliding-window crop size (one int or H W); default: whole image")
     p.add_argument("--stride", type=int, nargs="+", default=None, help="sliding stride (default 2/3 crop)")
     p.add_argument("--scales", type=float, nargs="+", default=None,
-                   help="test scales (default 1, or the eval_scale of the training run's "
-                        "config.json next to --model for a folder run)")
+                   help="test scales (default 1; without --scales a folder run's images are "
+                        "resized by the eval_scale of its config.json next to --model, as in "
+                        "its own validation)")
     p.add_argument("--flip", action="store_true", help="horizontal-flip test-time augmentation")
     p.add_argument("--boundary", action="store_true", help="also compute the boundary F-score")
     p.add_argument("--out", default=None, help="output folder for JSON / PNGs")
@@ -116,100 +119,59 @@ def _pair(values):
     return (values[0], values[0]) if len(values) == 1 else tuple(values[:2])
 
 
-def predict_logits(model, images, sliding=None, stride=None, scales=(1.0,), flip=False):
-    """Scores `(N, H, W, C)` with the chosen inference mode (NumPy)."""
-    from keras_gald import inference
-
-    sliding_kwargs = None if sliding is None else {"crop_size": sliding, "stride": stride}
-    if tuple(scales) != (1.0,) or flip:
-        return inference.predict_multiscale(model, images, scales=scales, flip=flip,
-                                            sliding=sliding_kwargs)
-    if sliding_kwargs is not None:
-        return inference.predict_sliding(model, images, **sliding_kwargs)
-    return inference.predict_whole(model, images)
-
-
 def evaluate(model, source, normalization="imagenet", sliding=None, stride=None, scales=(1.0,),
              flip=False, boundary=False, limit=0, images_to_show=0, out=None, verbose=1,
-             boundary_thresholds=None):
-    """Runs the evaluation; returns the results dict (also written to `out/metrics.json`).
+             boundary_thresholds=None, eval_scale=1.0):
+    """`keras_gald.evaluation.evaluate` on `source`, plus the table and the files.
 
-    `boundary_thresholds`: boundary F-score tolerances, fractions of the image diagonal or
-    pixel counts when >= 1 (default: `keras_gald.metrics.DEFAULT_BOUNDARY_THRESHOLDS`).
+    Returns the library's results with `inference` (the mode) and `table` added; with
+    `out`, writes them to `out/metrics.json`, `out/confusion_matrix.png` and the first
+    `images_to_show` side-by-side PNGs to `out/examples/`.
     """
-    import keras
-    import numpy as np
-
-    from keras_gald import data, metrics, visualize
+    from keras_gald import data, evaluation, visualize
+    from keras_gald.io import atomic_path, atomic_write_json
 
     info = source[1]
-    num_images = len(source[0]) if limit <= 0 else min(limit, len(source[0]))
-    dataset = data.make_eval_dataset(source, normalization=normalization, include_paths=True)
-    num_classes = info.num_classes
-    confusion = np.zeros((num_classes, num_classes), np.int64)
-    bfs = None
-    if boundary:
-        bfs = metrics.BoundaryFScoreAccumulator(
-            num_classes, thresholds=boundary_thresholds or metrics.DEFAULT_BOUNDARY_THRESHOLDS)
     out = pathlib.Path(out) if out else None
     if out:
         out.mkdir(parents=True, exist_ok=True)
-    bar = keras.utils.Progbar(num_images, verbose=verbose, unit_name="image",
-                             stateful_metrics=["mIoU"])
-    for i, (image, mask, path) in enumerate(dataset.take(num_images)):
-        scores = predict_logits(model, image.numpy(), sliding, stride, scales, flip)
-        pred = scores.argmax(-1).astype(np.int32)[0]
-        gt = mask.numpy()[0]
-        confusion += metrics.confusion_matrix_np(gt, pred, num_classes)
-        if bfs is not None:
-            bfs.update(pred, gt)
+
+    import numpy as np
+
+    def show(i, image, pred, gt, path):
         if out and i < images_to_show:
-            rgb = np.asarray(data.to_uint8_rgb(image[0], normalization))
-            name = pathlib.Path(path.numpy()[0].decode()).stem
-            visualize.render_eval_example(rgb, pred, gt, info, out / "examples" / f"{i:03d}_{name}.png")
-        _, miou = metrics.iou_from_confusion(confusion)
-        bar.update(i + 1, values=[("mIoU", miou)])
-    per_class, miou = metrics.iou_from_confusion(confusion)
-    gt_totals = confusion.sum(1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        class_acc = np.where(gt_totals > 0, np.diag(confusion) / np.maximum(gt_totals, 1), np.nan)
-    pixel_acc = float(np.diag(confusion).sum() / max(confusion.sum(), 1))
-    mean_acc = float(np.nanmean(class_acc)) if np.isfinite(class_acc).any() else 0.0
+            rgb = np.asarray(data.to_uint8_rgb(image, normalization))
+            name = pathlib.Path(path).stem
+            visualize.render_eval_example(rgb, pred, gt, info,
+                                          out / "examples" / f"{i:03d}_{name}.png")
 
-    def clean(values):
-        return [None if np.isnan(v) else float(v) for v in values]
-
-    results = {
-        "num_images": int(num_images),
-        "mean_iou": float(miou),
-        "pixel_accuracy": pixel_acc,
-        "mean_accuracy": mean_acc,
-        "class_names": list(info.class_names),
-        "per_class_iou": dict(zip(info.class_names, clean(per_class))),
-        "per_class_accuracy": dict(zip(info.class_names, clean(class_acc))),
-        "confusion_matrix": confusion.tolist(),
-        "inference": {"sliding": list(sliding) if sliding else None,
-                      "stride": list(stride) if stride else None,
-                      "scales": list(scales), "flip": bool(flip)},
-    }
-    if bfs is not None:
-        res = bfs.result()
-        results["boundary_f"] = {
-            "thresholds": list(bfs.thresholds),
-            "mean_f": clean(res["mean_f"]),
-            "per_class_f": [clean(row) for row in res["per_class_f"]],
-        }
-    table = metrics.format_iou_table(per_class, info.class_names,
-                                     extra_columns={"Acc": class_acc},
-                                     title=f"{num_images} images")
-    results["table"] = table
+    num_images = len(source[0]) if limit <= 0 else min(limit, len(source[0]))
+    results = evaluation.evaluate(
+        model, data.make_eval_dataset(source, normalization=normalization, include_paths=True),
+        info.num_classes, info.class_names, sliding=sliding, stride=stride, scales=scales,
+        flip=flip, eval_scale=eval_scale, max_images=num_images, boundary=boundary,
+        boundary_thresholds=boundary_thresholds, on_image=show, verbose=verbose)
+    results["inference"] = {"sliding": list(sliding) if sliding else None,
+                            "stride": list(stride) if stride else None,
+                            "scales": list(scales), "flip": bool(flip),
+                            "eval_scale": float(eval_scale)}
+    results["table"] = evaluation.iou_table(results, title=f"{results['num_images']} images")
     if out:
-        from keras_gald.io import atomic_path, atomic_write_json
-
         atomic_write_json(out / "metrics.json", results)
         with atomic_path(out / "confusion_matrix.png") as tmp:
-            visualize.confusion_matrix_image(confusion, list(info.class_names)).save(tmp)
+            visualize.confusion_matrix_image(np.asarray(results["confusion_matrix"]),
+                                             list(info.class_names)).save(tmp)
     return results
+
+
+def __getattr__(name):
+    # `training.evaluate.predict_logits` moved to the library; imported lazily so that
+    # the argument checks run before TensorFlow starts.
+    if name == "predict_logits":
+        from keras_gald.evaluation import predict_logits
+
+        return predict_logits
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def summary_text(results):
@@ -244,8 +206,6 @@ def main(argv=None):
     import keras_gald  # noqa: F401  (registers the serializable layers)
     from keras_gald.io import load_model
 
-    if args.images_to_show and not args.out:
-        raise errors.UserError("--images-to-show needs --out")
     model = load_model(args.model)
     try:
         source = load_source(args.dataset, args.data_dir, args.split, classes=args.classes,
@@ -256,17 +216,17 @@ def main(argv=None):
             f"cannot read the {args.dataset} data set in {args.data_dir}: {err}") from err
     # Before the first image: a model for another label set gives a meaningless mIoU.
     checks.check_model_matches_data(model, source[1], args.model)
-    scales = args.scales
-    if scales is None:
-        run = _run_folder_config(args.model) if args.dataset == "folder" else None
-        scales = [run.eval_scale] if run is not None else [1.0]
+    # A folder run's eval_scale: the images are resized as in the run's own validation.
+    run = _run_folder_config(args.model) if args.dataset == "folder" else None
+    eval_scale = run.eval_scale if run is not None and args.scales is None else 1.0
     import tensorflow as tf
 
     try:
         results = evaluate(
             model, source,
             normalization=None if args.normalization == "none" else args.normalization,
-            sliding=_pair(args.sliding), stride=_pair(args.stride), scales=tuple(scales),
+            sliding=_pair(args.sliding), stride=_pair(args.stride),
+            scales=tuple(args.scales or (1.0,)), eval_scale=eval_scale,
             flip=args.flip, boundary=args.boundary, limit=args.limit,
             images_to_show=args.images_to_show, out=args.out,
         )

@@ -155,7 +155,8 @@ def main(argv=None):
     from keras_gald import visualize
     from keras_gald.data import normalize
     from keras_gald.io import load_model
-    from training.evaluate import _pair, predict_logits
+    from keras_gald.evaluation import predict_logits
+    from training.evaluate import _pair
 
     normalization = None if args.normalization == "none" else args.normalization
     model = load_model(args.model)

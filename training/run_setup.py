@@ -52,8 +52,6 @@ def folder_sources(config):
 def prepare_folder(config, run_dir, explicit_keys=(), is_chief=True, out=print):
     """Lists, splits and summarises the folder; -> the config with auto sizes resolved."""
     from keras_gald import data
-    from training import configs
-
     dataset = load_folder_dataset(config, run_dir)
     if dataset.layout == "single" and is_chief and not (run_dir / SPLIT_FILE).is_file():
         data.write_split_file(run_dir / SPLIT_FILE, dataset.split_record)
@@ -74,7 +72,7 @@ def prepare_folder(config, run_dir, explicit_keys=(), is_chief=True, out=print):
         config = dataclasses.replace(config, auto_size=False, **changes)
         out("auto_size: " + ", ".join(f"{k}={v}" for k, v in changes.items())
             + " (from the median image size)")
-        out(configs.FOLDER_FULL_SIZE_HINT)
+        out(config_lib.FOLDER_FULL_SIZE_HINT)
     return config
 
 
@@ -127,11 +125,11 @@ _BOOKKEEPING_KEYS = ("run_dir", "resume", "stop_at", "notes")
 def config_changed(path, config):
     """True when `path` (a previous config.json) differs from `config` in a setting that
     matters (a moved run dir or --stop-at does not count); unreadable counts as changed."""
-    try:
-        old = json.loads(pathlib.Path(path).read_text())
-    except (OSError, ValueError):
+    try:  # parsed, so that a config.json of an older version compares by value
+        old = config_lib.TrainConfig.from_file(path).to_dict()
+    except (OSError, ValueError, TypeError):
         return True
-    new = json.loads(config.to_json())
+    new = config.to_dict()
     for key in _BOOKKEEPING_KEYS:
         old.pop(key, None)
         new.pop(key, None)

@@ -42,9 +42,7 @@ excluded). PyTorch's SGD adds `wd * w` to the gradient instead (coupled, through
 momentum); the two differ by the momentum amplification of the decay term.
 """
 
-import argparse
 import csv
-import json
 import math
 import os
 import pathlib
@@ -55,10 +53,8 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from training import config as config_lib  # noqa: E402  (pure Python, no TF)
-from training import configs as presets  # noqa: E402
 from training import errors  # noqa: E402
 from training import rundir  # noqa: E402
-from training import strategy as strategy_lib  # noqa: E402
 
 
 def build_parser():
@@ -66,8 +62,9 @@ def build_parser():
         prog="keras-gald train", description=__doc__.split("\n\n")[0],
         epilog=rundir.RUN_DIR_HELP + " " + errors.EXIT_CODES_HELP)
     p.add_argument("--config", default=None,
-                   help=f"preset ({', '.join(presets.names())}; default: the --dataset's preset "
-                        "if there is one, else default) or a run's saved config.json")
+                   help=f"preset ({', '.join(config_lib.preset_names())}; default: the "
+                        "--dataset's preset if there is one, else default) or a run's saved "
+                        "config.json")
     p.add_argument("--dataset", help=f"dataset: {', '.join(config_lib.DATASETS)}")
     p.add_argument("--val-fraction", type=float,
                    help="folder dataset with one images/ pool: validation share (e.g. 0.2)")
@@ -140,7 +137,7 @@ def _config_from_args(args):
                       for k, v in flags.items() if v is not None})
     preset = args.config
     if preset is None:
-        preset = args.dataset if args.dataset in presets.names() else "default"
+        preset = args.dataset if args.dataset in config_lib.preset_names() else "default"
     config = config_lib.resolve_config(preset, overrides)
     if config.run_dir is None:
         config = config_lib.apply_overrides(config, {"run_dir": os.path.join("runs", config.name)})
@@ -149,47 +146,6 @@ def _config_from_args(args):
 
 # --------------------------------------------------------------------------- TF parts
 # Imported lazily: the CPU must be split into logical devices before TF initialises.
-
-
-def make_poly_schedule_class():
-    import keras
-
-    @keras.saving.register_keras_serializable(package="keras_gald_training")
-    class PolyLR(keras.optimizers.schedules.LearningRateSchedule):
-        """`initial_lr * (1 - step / max_steps) ** power`, clamped at 0 past `max_steps`.
-
-        Driven by the optimizer's iteration count (step 0 -> `initial_lr`), so a restored
-        optimizer continues the schedule exactly.
-        """
-
-        def __init__(self, initial_lr, max_steps, power=0.9):
-            self.initial_lr = float(initial_lr)
-            self.max_steps = int(max_steps)
-            self.power = float(power)
-
-        def __call__(self, step):
-            step = keras.ops.cast(step, "float32")
-            frac = keras.ops.minimum(step / float(self.max_steps), 1.0)
-            return self.initial_lr * keras.ops.power(1.0 - frac, self.power)
-
-        def get_config(self):
-            return {"initial_lr": self.initial_lr, "max_steps": self.max_steps, "power": self.power}
-
-    return PolyLR
-
-
-_POLY = None
-
-
-def PolyLR(*args, **kwargs):  # noqa: N802 - factory that looks like the class
-    global _POLY
-    if _POLY is None:
-        _POLY = make_poly_schedule_class()
-    return _POLY(*args, **kwargs)
-
-
-def _truthy(value):
-    return str(value).lower() in ("1", "true", "yes", "on")
 
 
 def data_sources(config):
@@ -225,39 +181,6 @@ def source_info(source):
     return source[1]
 
 
-def resolve_xla_and_sync_bn(xla, sync_bn, replicas, on_gpu):
-    """-> (xla, sync_bn) booleans from the config's "auto" / "true" / "false" settings.
-
-    One device: XLA "auto" is on for a GPU, off for the CPU (where it measured slower);
-    SyncBN is meaningless and off. Several replicas: the per-replica XLA step cannot
-    run SyncBN's all-reduce, so the two exclude each other; with both on "auto", SyncBN
-    wins (the paper's recipe relies on it at 1-2 images per GPU), and an explicit
-    `xla=true` turns SyncBN "auto" off. Both explicitly true is an error.
-    """
-    xla_auto = str(xla).lower() == "auto"
-    sync_auto = str(sync_bn).lower() == "auto"
-    if replicas <= 1:
-        return (on_gpu if xla_auto else _truthy(xla)), (False if sync_auto else _truthy(sync_bn))
-    if sync_auto:
-        sync = xla_auto or not _truthy(xla)
-    else:
-        sync = _truthy(sync_bn)
-    use_xla = (on_gpu and not sync) if xla_auto else _truthy(xla)
-    if use_xla and sync:
-        raise ValueError(
-            f"xla=true and sync_bn=true over {replicas} replicas: the per-replica XLA step "
-            "cannot run SyncBN's cross-replica all-reduce. Choose one: --no-xla (SyncBN) "
-            "or --set sync_bn=false (per-replica BN statistics, XLA).")
-    if use_xla:
-        print(f"note: XLA over {replicas} replicas compiles each replica's forward/backward "
-              "step; BatchNorm uses per-replica statistics (SyncBN off), moving averages "
-              "are averaged over replicas.")
-    elif xla_auto and on_gpu:
-        print("note: XLA off so that BatchNorm is synchronized over replicas "
-              "(--xla with --set sync_bn=false trades SyncBN for XLA).")
-    return use_xla, sync
-
-
 def build_model(config, num_classes, sync_bn):
     from keras_gald.models import GALD
 
@@ -276,7 +199,7 @@ def build_model(config, num_classes, sync_bn):
 
 
 def build_optimizer(config):
-    from keras_gald.optimizers import SGD
+    from keras_gald.optimizers import SGD, PolyLR
 
     opt = SGD(
         learning_rate=PolyLR(config.lr, config.steps, config.poly_power),
@@ -297,29 +220,13 @@ def build_loss(config):
     return SegmentationCrossEntropy(distributed_mean=config.loss_distributed_mean)
 
 
-def evaluate_model(model, dataset, info, eval_scale=1.0, max_images=0):
-    """Full-image validation: -> keras_gald MeanIoU (confusion over all pixels)."""
-    import tensorflow as tf
+def validate(model, val_ds, info, config):
+    """The run's validation: `keras_gald.evaluation.evaluate` at `config.eval_scale`."""
+    from keras_gald import evaluation
 
-    from keras_gald.metrics import MeanIoU
-
-    metric = MeanIoU(info.num_classes, class_names=list(info.class_names))
-    scale = float(eval_scale)
-
-    @tf.function(reduce_retracing=True)
-    def infer(images):
-        if scale != 1.0:
-            hw = tf.cast(tf.round(tf.cast(tf.shape(images)[1:3], tf.float32) * scale), tf.int32)
-            images = tf.image.resize(images, hw, method="bilinear")
-        return model(images, training=False)
-
-    seen = 0
-    for images, masks in dataset:
-        metric.update_state(masks, infer(images))  # logits upsampled to label size
-        seen += int(images.shape[0])
-        if max_images and seen >= max_images:
-            break
-    return metric
+    return evaluation.evaluate(model, val_ds, info.num_classes, info.class_names,
+                               eval_scale=config.eval_scale,
+                               max_images=config.eval_max_images)
 
 
 def resumed_stream(make_pipeline, start_step):
@@ -331,8 +238,10 @@ def resumed_stream(make_pipeline, start_step):
     """
     import tensorflow as tf
 
+    from keras_gald.distribute import is_multi_worker
+
     ds = make_pipeline().skip(start_step)
-    if strategy_lib.is_multi_worker():
+    if is_multi_worker():
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = (
             tf.data.experimental.AutoShardPolicy.DATA)
@@ -419,21 +328,11 @@ class _TrainCallbacks:
                     logs["train_seconds"] = round(seconds_before + time.time() - t_start, 2)
                     if config.eval_every and step % config.eval_every == 0 and step < config.steps:
                         t_val = time.time()
-                        logs["val_mean_iou"] = float(val_fn().result())
+                        logs["val_mean_iou"] = val_fn()["mean_iou"]
                         seconds_before -= time.time() - t_val
 
         return StepLogger()
 
-
-
-def _chief_from_env():
-    cfg = strategy_lib.tf_config()
-    if not cfg:
-        return True
-    task = cfg.get("task", {})
-    kind, index = task.get("type", "worker"), int(task.get("index", 0))
-    return kind == "chief" or (kind == "worker" and index == 0 and "chief" not in cfg.get(
-        "cluster", {}))
 
 
 def rundir_restore(ckpt, ckpt_dir, is_chief):
@@ -543,9 +442,9 @@ def _truncate_csv(path, max_step):
 
 def train(config, strategy, strategy_desc, is_chief, worker_index, on_gpu):
     import keras
-    import tensorflow as tf
 
     from keras_gald import data
+    from keras_gald.distribute import resolve_xla_and_sync_bn
     from keras_gald.metrics import MeanIoU
 
     run_dir = pathlib.Path(config.run_dir)
@@ -554,7 +453,17 @@ def train(config, strategy, strategy_desc, is_chief, worker_index, on_gpu):
     write_dir.mkdir(parents=True, exist_ok=True)
     replicas = strategy.num_replicas_in_sync
 
-    xla, sync_bn = resolve_xla_and_sync_bn(config.xla, config.sync_bn, replicas, on_gpu)
+    try:
+        xla, sync_bn = resolve_xla_and_sync_bn(config.xla, config.sync_bn, replicas, on_gpu)
+    except ValueError as err:
+        raise errors.UserError(f"{err}: --no-xla, or --set sync_bn=false") from err
+    if replicas > 1 and xla:
+        print(f"note: XLA over {replicas} replicas compiles each replica's forward/backward "
+              "step; BatchNorm uses per-replica statistics (SyncBN off), moving averages "
+              "are averaged over replicas.")
+    elif replicas > 1 and config.xla is None and on_gpu:
+        print("note: XLA off so that BatchNorm is synchronized over replicas "
+              "(--xla with --set sync_bn=false trades SyncBN for XLA).")
     keras.config.set_floatx(config.dtype)
     keras.mixed_precision.set_global_policy(config.dtype)  # floatx alone may not reach it
     if config.mixed_precision:
@@ -647,8 +556,7 @@ def train(config, strategy, strategy_desc, is_chief, worker_index, on_gpu):
         train_ds = resumed_stream(fresh_train_pipeline, start_step)
         csv_path = write_dir / "log.csv"
         seconds_before = _truncate_csv(csv_path, start_step)
-        val_fn = lambda: evaluate_model(model, val_ds, info, config.eval_scale,  # noqa: E731
-                                        config.eval_max_images)
+        val_fn = lambda: validate(model, val_ds, info, config)  # noqa: E731
         from keras_gald.callbacks import StopOnNonFinite
 
         # First in the list: the checkpointing callback after it asks `guard.tripped`.
@@ -694,18 +602,14 @@ def train(config, strategy, strategy_desc, is_chief, worker_index, on_gpu):
         with atomic_directory(write_dir / "saved_model") as tmp:
             model.export(str(tmp), verbose=False)
     t0 = time.time()
-    metric = evaluate_model(model, val_ds, info, config.eval_scale, config.eval_max_images)
-    import numpy as np
+    from keras_gald.evaluation import iou_table
 
-    per_class = np.asarray(metric.per_class_iou(), np.float64)
-    miou = float(metric.result())
-    table = metric.summary(title=f"{config.name}: validation IoU at step {step}")
-    print(table)
+    results = validate(model, val_ds, info, config)
+    miou = results["mean_iou"]
+    print(iou_table(results, title=f"{config.name}: validation IoU at step {step}"))
     result = {
         "config": config.name, "step": step, "mean_iou": miou,
-        "pixel_accuracy": float(metric.pixel_accuracy()),
-        "per_class_iou": {n: (None if np.isnan(v) else float(v))
-                          for n, v in zip(info.class_names, per_class)},
+        "pixel_accuracy": results["pixel_accuracy"], "per_class_iou": results["per_class_iou"],
         "eval_seconds": round(time.time() - t0, 2), "eval_scale": config.eval_scale,
     }
     atomic_write_json(write_dir / "metrics.json", result)
@@ -722,11 +626,13 @@ def main(argv=None):
     print("resolved config:\n" + config.to_json())
     if args.print_config:
         return 0
-    if _chief_from_env():
+    from keras_gald import distribute
+
+    if distribute.is_chief():
         rundir.prepare_run_dir(config.run_dir, config.resume, args.overwrite)
     # Before any TF op: split the CPU into logical devices / pick the strategy.
-    gpus, n_cpu = strategy_lib.configure_devices(config.devices)
-    strategy, desc, is_chief, index = strategy_lib.make_strategy(config.devices, gpus, n_cpu)
+    gpus, n_cpu = distribute.configure_devices(config.devices)
+    strategy, desc, is_chief, index = distribute.make_strategy(config.devices, gpus, n_cpu)
     from training import run_setup
 
     # Folder datasets: split, summary, auto sizes; refuses to resume under another config;

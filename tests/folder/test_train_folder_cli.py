@@ -16,7 +16,6 @@ import pytest
 
 from training import cli
 from training import config as config_lib
-from training import configs
 from tests.folder._make import CLASSES, COLOURS, make_folder
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -138,9 +137,9 @@ def test_resume_with_a_different_config_is_refused(run):
     assert run_setup.prepare_run(config_from_args(args), run_setup.explicit_keys(args)).steps == 2
 
 
-@pytest.mark.parametrize("name", configs.names())
+@pytest.mark.parametrize("name", config_lib.preset_names())
 def test_every_preset_round_trips_through_json(name):
-    config = configs.get(name)
+    config = config_lib.get_preset(name)
     config = dataclasses.replace(config, multi_grid=(1, 2, 4), ignore_ids=(0, 255),
                                  scale_range=(0.5, 2.0), val_fraction=None, classes="a,b")
     back = config_lib.TrainConfig.from_json(config.to_json())
@@ -158,7 +157,7 @@ def test_from_json_rejects_unknown_keys_and_converts_numbers():
 
 
 def test_resume_conflicts_allow_schedule_and_bookkeeping_keys():
-    base = configs.get("folder")
+    base = config_lib.get_preset("folder")
     allowed = dataclasses.replace(base, steps=9, stop_at=3, eval_every=0, run_dir="r",
                                   keep_checkpoints=1, notes="n")
     assert config_lib.resume_conflicts(base, allowed) == []

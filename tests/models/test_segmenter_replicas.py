@@ -6,8 +6,8 @@ subprocess (`_SCRIPT`) that prints one JSON line of results.
 
 import pytest
 
+from keras_gald.distribute import resolve_xla_and_sync_bn
 from tests.harness import last_json, max_relative_diff, run_python
-from training.train import resolve_xla_and_sync_bn
 
 # A resize-free Segmenter (logits at input resolution): TF's XLA lowering of
 # ResizeBilinearGrad mixes float32 into float64 graphs, and this check needs float64.
@@ -113,13 +113,15 @@ def test_per_replica_xla_refuses_sync_bn_and_global_mean(replica_results):
 @pytest.mark.parametrize(
     "xla, sync_bn, replicas, on_gpu, expected",
     [
-        ("auto", "auto", 1, False, (False, False)),
-        ("auto", "auto", 1, True, (True, False)),
-        ("auto", "auto", 2, True, (False, True)),  # SyncBN wins under "auto"
-        ("true", "auto", 2, False, (True, False)),  # explicit XLA: per-replica BN
-        ("false", "auto", 2, True, (False, True)),
-        ("true", "false", 4, True, (True, False)),
-        ("auto", "false", 2, True, (True, False)),
+        (None, None, 1, False, (False, False)),
+        (None, None, 1, True, (True, False)),
+        (None, True, 1, False, (False, True)),
+        (None, None, 2, True, (False, True)),  # SyncBN wins when both are automatic
+        (True, None, 2, False, (True, False)),  # explicit XLA: per-replica BN
+        (False, None, 2, True, (False, True)),
+        (True, False, 4, True, (True, False)),
+        (None, False, 2, True, (True, False)),
+        (None, False, 2, False, (False, False)),
     ],
 )
 def test_resolve_xla_and_sync_bn(xla, sync_bn, replicas, on_gpu, expected):
@@ -128,4 +130,4 @@ def test_resolve_xla_and_sync_bn(xla, sync_bn, replicas, on_gpu, expected):
 
 def test_resolve_xla_and_sync_bn_conflict():
     with pytest.raises(ValueError, match="Choose one"):
-        resolve_xla_and_sync_bn("true", "true", 2, False)
+        resolve_xla_and_sync_bn(True, True, 2, False)

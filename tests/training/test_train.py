@@ -5,17 +5,16 @@ must be configured before TensorFlow initialises). Models are `resnet_tiny` on
 48x64 synthetic scenes so each run takes seconds.
 """
 
+import dataclasses
 import json
 import pathlib
 import socket
 import subprocess
 
-import numpy as np
 import pytest
 
 from tests.harness import max_relative_diff, run_python, start_python
 from training import config as config_lib
-from training import configs
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -66,19 +65,19 @@ def load_weights_h5(path):
 
 
 
-# ----------------------------------------------------------------- config / schedule
+# ----------------------------------------------------------------- config
 
 
 def test_presets_resolve_and_roundtrip_json():
-    for name in configs.names():
-        cfg = configs.get(name)
+    for name in config_lib.preset_names():
+        cfg = config_lib.get_preset(name)
         assert cfg.name == name
         assert json.loads(cfg.to_json())["name"] == name
-    city = configs.get("cityscapes")
+    city = config_lib.get_preset("cityscapes")
     assert (city.crop_size, city.batch_size, city.lr, city.steps) == ((832, 832), 8, 0.01, 50000)
     assert (city.loss, city.ohem_thresh, city.ohem_min_kept) == ("ohem", 0.7, 100000)
     assert (city.momentum, city.weight_decay, city.aux_loss_weight) == (0.9, 5e-4, 0.4)
-    assert (city.backbone, city.ga, city.ld, city.sync_bn) == ("resnet101", "aspp", "v2", "auto")
+    assert (city.backbone, city.ga, city.ld, city.sync_bn) == ("resnet101", "aspp", "v2", None)
 
 
 def test_overrides_are_typed():
@@ -100,7 +99,7 @@ def test_cli_flags_override(tmp_path):
     ])
     cfg = config_from_args(args)
     assert (cfg.steps, cfg.crop_size, cfg.xla, cfg.batch_size, cfg.loss) == (
-        7, (64, 64), "false", 2, "ohem")
+        7, (64, 64), False, 2, "ohem")
     assert cfg.data_dir == str(tmp_path)
 
 
@@ -108,44 +107,85 @@ def test_unknown_key_and_bad_values_raise():
     with pytest.raises(KeyError, match="unknown config key 'stepz'"):
         config_lib.resolve_config("default", {"stepz": "3"})
     with pytest.raises(KeyError, match="unknown config"):
-        configs.get("nope")
+        config_lib.get_preset("nope")
     with pytest.raises(ValueError):
         config_lib.resolve_config("default", {"flip": "maybe"})
     with pytest.raises(ValueError, match="data-dir"):
-        config_lib.validate(configs.get("camvid"))
+        config_lib.validate(config_lib.get_preset("camvid"))
     with pytest.raises(ValueError, match="eval_every"):
         config_lib.validate(config_lib.resolve_config(
             "default", {"eval_every": "7", "checkpoint_every": "5"}))
 
 
-def test_poly_schedule_values_and_serialization():
-    import keras
+def test_dataclass_defaults_are_the_default_preset():
+    assert config_lib.TrainConfig() == config_lib.get_preset("default")
+    # Presets are copies: changing one leaves the table alone.
+    config_lib.get_preset("camvid").crop_size = (1, 1)
+    assert config_lib.get_preset("camvid").crop_size == (112, 144)
 
-    from training.train import PolyLR
 
-    sched = PolyLR(0.01, 100, 0.9)
-    steps = [0, 1, 50, 99, 100, 150]
-    got = [float(sched(s)) for s in steps]
-    want = [0.01 * (1 - min(s / 100, 1.0)) ** 0.9 for s in steps]
-    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9)
-    assert got[0] == pytest.approx(0.01) and got[-1] == 0.0
-    again = type(sched).from_config(sched.get_config())
-    assert float(again(37)) == pytest.approx(float(sched(37)))
-    # Driven by the optimizer's iteration count.
-    opt = keras.optimizers.SGD(learning_rate=sched)
-    opt.iterations.assign(50)
-    assert float(opt.learning_rate) == pytest.approx(want[2], rel=1e-6)
+def test_xla_and_sync_bn_are_optional_booleans():
+    from training import errors
+    from training.train import build_parser, config_from_args
+
+    cfg = config_lib.resolve_config("default", {"xla": "auto", "sync_bn": "true"})
+    assert (cfg.xla, cfg.sync_bn) == (None, True)
+    for flags, want in ((["--set", "xla=auto"], None), (["--xla"], True), (["--no-xla"], False),
+                        ([], None)):
+        assert config_from_args(build_parser().parse_args(flags)).xla is want
+    with pytest.raises(errors.UserError, match="xla=maybe: expected auto, true or false"):
+        config_from_args(build_parser().parse_args(["--set", "xla=maybe"]))
+
+
+def test_config_json_of_the_string_tri_states_still_loads(tmp_path):
+    from training import run_setup
+
+    current = config_lib.resolve_config("default", {"sync_bn": "false", "run_dir": str(tmp_path)})
+    old = json.loads(current.to_json())
+    old.update(xla="auto", sync_bn="false")  # as written before they became Optional[bool]
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(old))
+    loaded = config_lib.TrainConfig.from_file(path)
+    assert loaded == current and (loaded.xla, loaded.sync_bn) == (None, False)
+    assert config_lib.TrainConfig.from_json(json.dumps(dict(old, xla="true"))).xla is True
+    # Resuming such a run is not refused, and its config.json is not set aside as changed.
+    assert config_lib.resume_conflicts(loaded, current) == []
+    assert not run_setup.config_changed(path, current)
+    assert run_setup.config_changed(path, dataclasses.replace(current, sync_bn=True))
+
+
+def test_deprecated_configs_module_still_answers():
+    import importlib
+
+    import training.configs
+
+    with pytest.deprecated_call():
+        importlib.reload(training.configs)
+    assert training.configs.get("default") == config_lib.TrainConfig()
+    assert training.configs.names() == config_lib.preset_names()
 
 
 # ----------------------------------------------------------------- runs
+
+
+FULL_RUN_ARGS = TINY + ["--steps", "6", "--checkpoint-every", "2"]
 
 
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory):
     """Uninterrupted 6-step tiny run (checkpoint every 2)."""
     run_dir = tmp_path_factory.mktemp("full")
-    out = run_train(TINY + ["--steps", "6", "--checkpoint-every", "2", "--run-dir", str(run_dir)])
+    out = run_train(FULL_RUN_ARGS + ["--run-dir", str(run_dir)])
     return run_dir, out
+
+
+def test_run_config_json_round_trips(full_run):
+    """`config.json` of a run reads back as exactly the config the command line gave."""
+    from training.train import build_parser, config_from_args
+
+    run_dir, _ = full_run
+    used = config_from_args(build_parser().parse_args(FULL_RUN_ARGS + ["--run-dir", str(run_dir)]))
+    assert config_lib.TrainConfig.from_json((run_dir / "config.json").read_text()) == used
 
 
 def test_end_to_end_outputs(full_run):

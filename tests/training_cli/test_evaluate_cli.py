@@ -46,7 +46,7 @@ def test_evaluate_sliding_flip_scales_limit(tiny_model_path, tiny_dataset, tmp_p
     results = json.loads((out / "metrics.json").read_text())
     assert results["num_images"] == 1
     assert results["inference"] == {"sliding": [40, 40], "stride": None, "scales": [0.75, 1.0],
-                                    "flip": True}
+                                    "flip": True, "eval_scale": 1.0}
     assert np.asarray(results["confusion_matrix"]).sum() == 65 * 97 - 9
 
 
@@ -64,3 +64,20 @@ def test_evaluate_matches_metrics_on_direct_predictions(tiny_model_path, tiny_da
         cm = cm + metrics.confusion_matrix_np(mask.numpy(), pred, 3)
     _, miou = metrics.iou_from_confusion(cm)
     assert results["mean_iou"] == pytest.approx(miou)
+
+
+def test_cli_output_is_the_library_routine(tiny_model_path, tiny_dataset, tmp_path):
+    """`keras-gald evaluate` reports exactly what `keras_gald.evaluation.evaluate` returns."""
+    from keras_gald import data, evaluation
+    from keras_gald.io import load_model
+
+    out = tmp_path / "eval3"
+    assert cli.main(["evaluate", "--model", str(tiny_model_path), "--dataset", "folder",
+                     "--data-dir", str(tiny_dataset), "--sliding", "40", "--flip",
+                     "--boundary", "--out", str(out)]) == 0
+    written = json.loads((out / "metrics.json").read_text())
+    source = evaluate.load_source("folder", str(tiny_dataset), None)
+    library = evaluation.evaluate(load_model(tiny_model_path), data.make_eval_dataset(source),
+                                  3, source[1].class_names, sliding=(40, 40), flip=True,
+                                  boundary=True)
+    assert {k: written[k] for k in library} == json.loads(json.dumps(library))
