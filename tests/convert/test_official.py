@@ -271,6 +271,7 @@ class _Renamed:
         return self.backbone.get_layer(name[len("backbone_"):])
 
 
+@pytest.mark.slow
 def test_cli_npz_to_keras_round_trip_then_export_and_fit(converted, r50_state, tmp_path, capsys):
     """The CLI converts an .npz, saves .keras; the reloaded model predicts identically,
     exports, and trains."""

@@ -1,26 +1,18 @@
 """examples/train_on_folder.py runs on a tiny generated folder (RGB-coded masks, one pool)."""
 
-import os
-import pathlib
-import subprocess
-import sys
-
 import numpy as np
+import pytest
 
 from tests.folder._make import make_folder
+from tests.harness import REPO_ROOT, run_python
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
 
-
+@pytest.mark.slow
 def test_train_on_folder_example(tmp_path):
     data_dir = make_folder(tmp_path / "data", layout="single", rgb=True, train=6, val=2)
     out = tmp_path / "out"
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "examples" / "train_on_folder.py"), str(data_dir),
-         "--steps", "2", "--batch-size", "2", "--out", str(out)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = run_python([REPO_ROOT / "examples" / "train_on_folder.py", data_dir, "--steps", "2",
+                       "--batch-size", "2", "--out", out], cwd=tmp_path, timeout=240)
     assert "dataset folder: 3 classes, train 6, val 2 images" in proc.stdout
     assert "validation: {" in proc.stdout and "mean_iou" in proc.stdout
     import onnxruntime

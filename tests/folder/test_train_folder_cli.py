@@ -6,10 +6,6 @@ One tiny training run (2 steps, resnet_tiny) is shared by the module.
 
 import dataclasses
 import json
-import os
-import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -17,20 +13,14 @@ import pytest
 from training import cli
 from training import config as config_lib
 from tests.folder._make import CLASSES, COLOURS, make_folder
+from tests.harness import run_python
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
 TINY = ["--set", "steps=2", "--set", "checkpoint_every=2", "--batch-size", "2",
         "--set", "head_channels=8", "--set", "aspp_filters=8", "--set", "export_saved_model=false"]
 
 
 def train(args, check=True):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
-    env.pop("TF_CONFIG", None)
-    proc = subprocess.run([sys.executable, "-m", "training.cli", "train", *args], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=240)
-    if check:
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
+    return run_python(["-m", "training.cli", "train", *args], timeout=240, check=check)
 
 
 @pytest.fixture(scope="module")

@@ -1,14 +1,10 @@
 """keras_gald.ops.hardware: CPU facts detected once, and what they decide."""
 
-import os
-import subprocess
-import sys
-
 import pytest
 
 from keras_gald.ops import hardware as machine_module
 from keras_gald.ops.hardware import Machine, bf16_is_slow, machine
-from tests.conftest import REPO_ROOT
+from tests.harness import run_python
 
 
 def test_detects_this_process():
@@ -25,10 +21,8 @@ def test_detects_this_process():
 
 @pytest.mark.parametrize("setting", ["0", "1"])
 def test_follows_tf_enable_onednn_opts(setting):
-    env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS=setting, TF_CPP_MIN_LOG_LEVEL="2")
     code = "from keras_gald.ops import machine; print(machine().onednn)"
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env,
-                         capture_output=True, text=True, timeout=120, check=True).stdout
+    out = run_python(["-c", code], env={"TF_ENABLE_ONEDNN_OPTS": setting}, timeout=120).stdout
     assert out.split()[-1] == str(setting == "1")
 
 

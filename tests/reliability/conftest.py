@@ -1,4 +1,4 @@
-"""Shared pieces of the reliability suite (issue 20, "Fail loudly, lose nothing").
+"""Shared pieces of the reliability suite ("fail loudly, lose nothing").
 
 Every case drives `python -m training.cli ...` in a subprocess, as a user would, and
 checks the exit code, the one-line message and what is left on disk. One tiny finished
@@ -6,15 +6,13 @@ training run (`finished_run`) is shared by the tests that need a previous run; e
 works on its own copy.
 """
 
-import os
 import pathlib
 import shutil
-import subprocess
-import sys
 
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
+from tests.harness import run_python
+
 
 # A model that traces quickly (no GA / LD blocks, no aux head) on 32x32 synthetic scenes.
 TINY = [
@@ -30,11 +28,7 @@ TINY = [
 
 def run_cli(*args, timeout=240, cwd=None):
     """`python -m training.cli ARGS` -> CompletedProcess (text)."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
-    env.pop("TF_CONFIG", None)
-    return subprocess.run([sys.executable, "-m", "training.cli", *map(str, args)],
-                          cwd=cwd or REPO, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return run_python(["-m", "training.cli", *args], cwd=cwd, timeout=timeout, check=False)
 
 
 def error_lines(proc, command):

@@ -1,10 +1,13 @@
-"""Issue 20, cases 1-4 (and neighbours): diverging runs, destructive flags, damaged
-checkpoints, interrupted saves -- through `keras-gald train` in subprocesses."""
+"""Diverging runs, destructive flags, damaged checkpoints, interrupted saves -- through
+`keras-gald train` in subprocesses."""
 
 import json
 import pathlib
 import zipfile
 
+import pytest
+
+from tests.harness import run_python
 from tests.reliability.conftest import TINY, assert_one_line_error, listing, run_cli
 
 
@@ -120,18 +123,10 @@ io.save_model(model, sys.argv[1])
 
 
 def test_kill_during_model_save_leaves_previous_model_intact(tmp_path, finished_run):
-    import os
-    import subprocess
-    import sys
-
-    from tests.reliability.conftest import REPO
-
     target = tmp_path / "model.keras"
     target.write_bytes((finished_run / "model.keras").read_bytes())
     before = target.read_bytes()
-    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.run([sys.executable, "-c", KILL_DURING_SAVE, str(target)], env=env,
-                          capture_output=True, text=True, timeout=120)
+    proc = run_python(["-c", KILL_DURING_SAVE, target], timeout=120, check=False)
     assert proc.returncode == -9, proc.stderr[-2000:]
     assert target.read_bytes() == before  # the final name still holds the complete model
     assert zipfile.is_zipfile(target)
@@ -139,6 +134,7 @@ def test_kill_during_model_save_leaves_previous_model_intact(tmp_path, finished_
     assert all(name.startswith(".model.tmp-") for name in leftovers), leftovers
 
 
+@pytest.mark.slow
 def test_final_artefacts_of_a_run_are_complete(finished_run):
     from keras_gald.io import load_model
 

@@ -213,6 +213,7 @@ def test_end_to_end_outputs(full_run):
     assert tuple(logits.shape) == (1, 48, 64, 9)
 
 
+@pytest.mark.slow
 def test_resume_matches_uninterrupted(full_run, tmp_path):
     """Interrupted after step 2 (stop_at simulates the kill) then resumed == 6 steps straight:
     the same log, learning rates and (to float32 round-off) weights."""
@@ -245,6 +246,7 @@ def test_resume_matches_uninterrupted(full_run, tmp_path):
     assert diff <= 1e-5, diff
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume(tmp_path):
     """A run killed with SIGKILL after its first checkpoint resumes from it."""
     import signal
@@ -268,6 +270,7 @@ def test_sigkill_then_resume(tmp_path):
 
 
 
+@pytest.mark.slow
 def test_mirrored_two_logical_cpus_matches_single_device(tmp_path):
     """One SGD step on a global batch of 4: 2 replicas (SyncBN) vs one device.
 
@@ -300,6 +303,7 @@ def test_mirrored_two_logical_cpus_matches_single_device(tmp_path):
     assert diff <= 1e-6, diff
 
 
+@pytest.mark.slow
 def test_mirrored_xla_per_replica_step(tmp_path):
     """`--devices 2 --xla`: the per-replica compiled step trains, and one step lands
     where the uncompiled step with the same (per-replica) BatchNorm lands.
@@ -336,6 +340,7 @@ def _free_port():
 
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("xla", [False, True], ids=["syncbn", "xla"])
 def test_multi_worker_two_processes(tmp_path, xla):
     """Two MultiWorkerMirroredStrategy workers on 127.0.0.1 end with identical weights:
