@@ -16,8 +16,8 @@ from keras_gald.layers.conv import DilatedConv2D  # noqa: E402
 from tests.conftest import OfficialFixture  # noqa: E402
 from tests.harness import assert_close_relative  # noqa: E402
 from tests.layers._helpers import (  # noqa: E402
-    assert_cases_close, assert_clone_matches, assert_gradients, assert_keras_round_trip,
-    assert_rejects_bad_nhwc, functional_model, global_policy, load_fixture_into,
+    assert_cases_close, assert_clone_matches, assert_gradients, assert_rejects_bad_nhwc,
+    functional_model, global_policy, load_fixture_into,
     projected_gradients, random_input, randomize_batch_norms
 )
 
@@ -160,13 +160,6 @@ def test_get_config_from_config_round_trip():
                          training=False)
 
 
-def test_keras_save_load_round_trip(tmp_path):
-    layer, fixture = loaded_fixture_aspp()
-    model = functional_model(layer, 64)
-    inputs = [x for x, _ in fixture.cases]
-    assert_keras_round_trip(model, tmp_path / "aspp.keras", inputs, ASPP, layer=layer)
-
-
 # ------------------------------------------------------------------ training
 def gradients(layer, x, jit_compile):
     """d(random projection of the output)/d(trainable weights), training=True."""
@@ -180,12 +173,6 @@ def test_gradients_reach_every_trainable_weight():
     grads = gradients(layer, random_input((2, 9, 11, 4)), jit_compile=True)
     # 6 (conv, BN) pairs: conv kernel, BN gamma, BN beta each
     assert len(layer.trainable_weights) == 3 * 6
-    assert_gradients(layer.trainable_weights, grads)
-
-
-def test_gradients_without_xla():
-    layer = ASPP(filters=6, branch_filters=4, dilation_rates=(1, 2, 3))
-    grads = gradients(layer, random_input((2, 9, 11, 4)), jit_compile=False)
     assert_gradients(layer.trainable_weights, grads)
 
 

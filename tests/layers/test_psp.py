@@ -16,8 +16,8 @@ from keras_gald.layers.resize import resize_bilinear  # noqa: E402
 from tests.conftest import OfficialFixture  # noqa: E402
 from tests.harness import assert_close_relative  # noqa: E402
 from tests.layers._helpers import (  # noqa: E402
-    assert_cases_close, assert_clone_matches, assert_gradients, assert_keras_round_trip,
-    assert_rejects_bad_nhwc, functional_model, global_policy, load_fixture_into,
+    assert_cases_close, assert_gradients, assert_rejects_bad_nhwc, functional_model,
+    global_policy, load_fixture_into,
     projected_gradients, random_input, randomize_batch_norms
 )
 
@@ -192,18 +192,6 @@ def test_branch_activation_and_half_pixel_variant():
 
 
 # ------------------------------------------------------------- serialization
-def test_get_config_from_config_round_trip():
-    layer = PSP(filters=8, bins=(1, 3), branch_filters=4, branch_activation="relu",
-                dropout=0.2, align_corners=False, name="psp_rt")
-    assert_clone_matches(layer, random_input((2, 9, 10, 5)), build_shape=(None, None, None, 5),
-                         training=False)
-
-
-def test_keras_save_load_round_trip(tmp_path):
-    layer, fixture = loaded_fixture_psp()
-    model = functional_model(layer, 64)
-    inputs = [x for x, _ in fixture.cases]
-    assert_keras_round_trip(model, tmp_path / "psp.keras", inputs, PSP, layer=layer)
 
 
 # ------------------------------------------------------------------ training
