@@ -10,7 +10,7 @@ FCN + ASPP network gets the same wall-clock training budget on this machine:
 Every run uses the recipe's fixed parts: OHEM (thresh 0.7, min_kept = 8.5 % of the
 pixels of a batch: the authors' 100000 of 2 x 769^2 per GPU) + auxiliary loss 0.4,
 SGD momentum 0.9, LR 0.05 poly 0.9, batch 8, random scale / crop / flip. The best
-mIoU within the budget is the recipe (`training/configs` `camvid`). Results go to
+mIoU within the budget is the recipe (`training/configs` `camvid_lowres`). Results go to
 `--out` as `sweep.json` and `sweep.md`; finished candidates are read back on rerun.
 
     python benchmarks/camvid_recipe_sweep.py --data-dir ../shared/data/camvid \\
@@ -89,7 +89,7 @@ def main(argv=None):
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     # The ablation's helpers read these fields.
-    run_args = argparse.Namespace(config="camvid", data_dir=args.data_dir, steps=None,
+    run_args = argparse.Namespace(config="camvid_lowres", data_dir=args.data_dir, steps=None,
                                   quick=args.quick, set=[])
     budget = args.budget_minutes_per_run * 60
     chosen = [c for c in CANDIDATES if not args.only or c["name"] in args.only]

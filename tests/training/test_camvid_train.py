@@ -1,4 +1,4 @@
-"""Real-data check: a small GALD (the `camvid` recipe -- resnet_tiny, 0.375x, OHEM + aux --
+"""Real-data check: a small GALD (the `camvid_lowres` recipe -- resnet_tiny, 0.375x, OHEM + aux --
 with ASPP + LDv1, cut to 700 of its 1400 steps to bound CI time) trained from scratch on
 CamVid (../shared) on 2 CPU cores must reach a validation mIoU far above chance.
 
@@ -48,7 +48,7 @@ def test_camvid_small_gald_learns(tmp_path):
     env.pop("TF_CONFIG", None)
     t0 = time.time()
     proc = subprocess.run(
-        [sys.executable, "-m", "training.train", "--config", "camvid", "--data-dir", str(root),
+        [sys.executable, "-m", "training.train", "--config", "camvid_lowres", "--data-dir", str(root),
          "--run-dir", str(run_dir), "--set", "export_saved_model=false", "--set", "ld=v1",
          "--steps", str(STEPS)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
