@@ -121,7 +121,7 @@ def main(argv=None):
         r.update(candidate=c, seconds_per_step=step_seconds)
         done.write_text(json.dumps(r, indent=2))
         print(f"[{i + 1}/{len(chosen)}] {c['name']}: mIoU {100 * r['mean_iou']:.2f}%, "
-              f"bF@3px {100 * r['boundary_f']['mean_f'][0]:.2f}%", flush=True)
+              f"bF@3px {100 * ablation.boundary_f_at(r, 3):.2f}%", flush=True)
         results.append(r)
 
     lines = [f"CamVid val, FCN + ASPP from scratch, OHEM + aux, seed {args.seed}, "
@@ -134,7 +134,7 @@ def main(argv=None):
             f"| {c['name']} | {c['backbone']} | {c['base_scale']} ({c['scale_range'][0]}-"
             f"{c['scale_range'][1]}) | {c['crop'][0]}x{c['crop'][1]} | {r['params'] / 1e6:.2f}M | "
             f"{r['seconds_per_step']:.3f} | {r['steps']} | {r['train_seconds'] / 60:.1f} | "
-            f"{100 * r['mean_iou']:.2f} | {100 * r['boundary_f']['mean_f'][0]:.2f} |")
+            f"{100 * r['mean_iou']:.2f} | {100 * ablation.boundary_f_at(r, 3):.2f} |")
     if results:
         best = max(results, key=lambda r: r["mean_iou"])
         lines += ["", f"Best within the budget: {best['candidate']['name']} "
