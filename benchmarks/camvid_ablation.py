@@ -343,7 +343,7 @@ def network_geometry(model, input_hw):
     import numpy as np
 
     features = keras.Model(model.inputs, model.get_layer("classifier").output)
-    shape = features(np.zeros((1, *input_hw, 3), np.float32)).shape
+    shape = features([np.zeros((1, *input_hw, 3), np.float32)]).shape
     geometry = {"input_hw": list(input_hw), "feature_map_hw": [int(shape[1]), int(shape[2])]}
     names = {layer.name for layer in model.layers}
     if "ld_v2" in names:

@@ -171,3 +171,19 @@ def test_reference_variant_required(tmp_path, capsys):
     rc = ablation.main(["--data-dir", str(tmp_path), "--variants", "fcn", "--more-variants",
                         "--out", str(tmp_path / "o")])
     assert rc == 2 and "paired against 'aspp'" in capsys.readouterr().err
+
+
+def test_camvid_preset_keeps_ld_local():
+    """`camvid` trains and infers at 360x480: its 1/8 map is >= 3x LDv2's window per side
+    (the `camvid_lowres` map is about one window)."""
+    from training import configs
+    from training.train import build_model
+
+    config = configs.get("camvid")
+    assert config.eval_scale == 1.0 and config.crop_size == (360, 480)
+    config.ld = "v2"
+    geometry = ablation.network_geometry(build_model(config, 11, False), (360, 480))
+    span = geometry["ldv2"]["window_span"]
+    assert span == 13 and min(geometry["feature_map_hw"]) >= 3 * span, geometry
+    low = configs.get("camvid_lowres")
+    assert math.ceil(360 * low.eval_scale / 8) < 3 * span  # 17 rows: LD nearly global
