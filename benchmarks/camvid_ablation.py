@@ -452,6 +452,12 @@ def summarise(args, results, wall_seconds):
     first = results[0]
     class_names = first["class_names"]
     thresholds = first["boundary_f"]["thresholds"]
+    other = [f"{r['variant']}-seed{r['seed']}" for r in results
+             if r["boundary_f"]["thresholds"] != thresholds]
+    if other:
+        raise ValueError(f"{', '.join(other)} scored other boundary tolerances than "
+                         f"{first['variant']}-seed{first['seed']} ({thresholds}): use one --out "
+                         "per --boundary-px")
     tol = first["boundary_f"].get("tolerance_px", {})
     sizes = sorted(tol)
     per_threshold_px = [[tol[s][i] for s in sizes] for i in range(len(thresholds))]
@@ -722,7 +728,11 @@ def main(argv=None):
     if not results:
         print("no run finished", file=sys.stderr)
         return 1
-    markdown = write_outputs(args, out, results, t_start)
+    try:
+        markdown = write_outputs(args, out, results, t_start)
+    except ValueError as err:
+        print(f"camvid_ablation: {err}", file=sys.stderr)
+        return 2
     print(markdown)
     print(f"wrote {out / 'results.md'} and {out / 'results.json'}"
           + (f", {args.results}.{{json,md}} and {args.results}/" if args.results else ""))

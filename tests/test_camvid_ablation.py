@@ -187,3 +187,19 @@ def test_camvid_preset_keeps_ld_local():
     assert span == 13 and min(geometry["feature_map_hw"]) >= 3 * span, geometry
     low = configs.get("camvid_lowres")
     assert math.ceil(360 * low.eval_scale / 8) < 3 * span  # 17 rows: LD nearly global
+
+
+def test_runs_scored_at_other_tolerances_are_refused(tmp_path, capsys):
+    for d in ("train", "val"):
+        (tmp_path / "camvid" / d).mkdir(parents=True)
+    out = tmp_path / "out"
+    for seed, thresholds in ((0, None), (1, [3.0, 5.0, 9.0, 12.0])):
+        run = fake_run("aspp", seed, 0.4, [0.2] * 8, {})
+        if thresholds:
+            run["boundary_f"].update(thresholds=thresholds, mean_f=[0.2] * 4)
+        (out / f"aspp-seed{seed}").mkdir(parents=True)
+        (out / f"aspp-seed{seed}" / "eval.json").write_text(json.dumps(run))
+    rc = ablation.main(["--data-dir", str(tmp_path / "camvid"), "--out", str(out),
+                        "--summarise-only"])
+    assert rc == 2
+    assert "aspp-seed1 scored other boundary tolerances" in capsys.readouterr().err
