@@ -117,7 +117,7 @@ def fake_run(variant, seed, miou, bf, small):
             "geometry": {"input_hw": [360, 480], "feature_map_hw": [46, 61],
                          **({"ldv2": {"kernel_size": 5, "dilation_rate": 3, "window_span": 13}}
                             if variant == "aspp_ldv2" else {})},
-            "params": 400000, "steps": 550, "train_seconds": 600.0, "eval_seconds": 40.0,
+            "params": 400000, "steps": 900, "train_seconds": 600.0, "eval_seconds": 40.0,
             "train_process_seconds": 660.0, "load_average_before": [1.0, 1.0, 1.0],
             "load_average_after_train": [2.0, 1.5, 1.2],
             "config": {"name": "camvid", "backbone": "resnet_tiny", "crop_size": [360, 480],

@@ -12,7 +12,7 @@
   distribution is local: training crops and inference at 360x480, so the output-stride-8
   feature map is 46x61, about 3.5x LDv2's 13x13 window (k 5, dilation 3) per side.
   `camvid_lowres`' model, loss and optimiser (nothing tuned on the validation split),
-  random scale 0.8-1.2, crop 360x480, OHEM min_kept 8.5 % of a batch's pixels, 550 steps
+  random scale 0.8-1.2, crop 360x480, OHEM min_kept 8.5 % of a batch's pixels, 900 steps
   (sized for a 2-core CPU: step times in benchmarks/README.md). The GA/LD ablation with
   it: `benchmarks/camvid_ablation.py`.
 * `camvid_lowres`: the earlier from-scratch CPU recipe, chosen by
@@ -126,7 +126,7 @@ PRESETS = {
             cache=True,
             dropout=0.0,
             eval_scale=1.0,
-            steps=550,
+            steps=900,
             loss="ohem",
             ohem_thresh=0.7,
             # 8.5 % of the 8 x 360 x 480 pixels of a batch, as in camvid_lowres.
