@@ -16,8 +16,8 @@ inside each group, so complete ASPP / LDv2 pairs come first. Each run trains in 
 subprocess (`python -m training.train`, on the GPU when one is visible) and is evaluated in
 another on the validation split at the recipe's `eval_scale` (IoU at full label size):
 mIoU, per-class IoU and the boundary F-score (pooled over images) at 1, 2, 3, 5 px of the
-label size (`--boundary-px`) and at the G-SCNN fractions of the image diagonal (`keras_gald.metrics`; 1, 2,
-3, 3 px at 360x480). `RUN/eval.json` holds each run's numbers with the machine (CPU model
+label size (`--boundary-px`) and at the G-SCNN fractions of the image diagonal
+(`keras_gald.metrics`; 1, 2, 3, 3 px at 360x480). `RUN/eval.json` holds each run's numbers with the machine (CPU model
 and flags, GPUs) and the load average around it.
 
 The summary (`OUT/results.json`, `OUT/results.md`; with `--results PREFIX` also
