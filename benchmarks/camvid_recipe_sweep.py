@@ -10,7 +10,7 @@ FCN + ASPP network gets the same wall-clock training budget on this machine:
 Every run uses the recipe's fixed parts: OHEM (thresh 0.7, min_kept = 8.5 % of the
 pixels of a batch: the authors' 100000 of 2 x 769^2 per GPU) + auxiliary loss 0.4,
 SGD momentum 0.9, LR 0.05 poly 0.9, batch 8, random scale / crop / flip. The best
-mIoU within the budget is the recipe (`training/configs` `camvid`). Results go to
+mIoU within the budget is the recipe (`training/configs` `camvid_lowres`). Results go to
 `--out` as `sweep.json` and `sweep.md`; finished candidates are read back on rerun.
 
     python benchmarks/camvid_recipe_sweep.py --data-dir ../shared/data/camvid \\
@@ -89,7 +89,7 @@ def main(argv=None):
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     # The ablation's helpers read these fields.
-    run_args = argparse.Namespace(config="camvid", data_dir=args.data_dir, steps=None,
+    run_args = argparse.Namespace(config="camvid_lowres", data_dir=args.data_dir, steps=None,
                                   quick=args.quick, set=[])
     budget = args.budget_minutes_per_run * 60
     chosen = [c for c in CANDIDATES if not args.only or c["name"] in args.only]
@@ -121,7 +121,7 @@ def main(argv=None):
         r.update(candidate=c, seconds_per_step=step_seconds)
         done.write_text(json.dumps(r, indent=2))
         print(f"[{i + 1}/{len(chosen)}] {c['name']}: mIoU {100 * r['mean_iou']:.2f}%, "
-              f"bF@3px {100 * r['boundary_f']['mean_f'][0]:.2f}%", flush=True)
+              f"bF@3px {100 * ablation.boundary_f_at(r, 3):.2f}%", flush=True)
         results.append(r)
 
     lines = [f"CamVid val, FCN + ASPP from scratch, OHEM + aux, seed {args.seed}, "
@@ -134,7 +134,7 @@ def main(argv=None):
             f"| {c['name']} | {c['backbone']} | {c['base_scale']} ({c['scale_range'][0]}-"
             f"{c['scale_range'][1]}) | {c['crop'][0]}x{c['crop'][1]} | {r['params'] / 1e6:.2f}M | "
             f"{r['seconds_per_step']:.3f} | {r['steps']} | {r['train_seconds'] / 60:.1f} | "
-            f"{100 * r['mean_iou']:.2f} | {100 * r['boundary_f']['mean_f'][0]:.2f} |")
+            f"{100 * r['mean_iou']:.2f} | {100 * ablation.boundary_f_at(r, 3):.2f} |")
     if results:
         best = max(results, key=lambda r: r["mean_iou"])
         lines += ["", f"Best within the budget: {best['candidate']['name']} "

@@ -3,7 +3,7 @@ validation images.
 
 The folder needs `train/` and `val/`, each with `images/*.jpg|png` and
 `labels/*.png` (CamVid SegNet class ids 0-10, 11 = void). The recipe is
-`training/configs` `camvid` (resnet_tiny at 0.375 scale, OHEM + aux, 1400 steps;
+`training/configs` `camvid_lowres` (resnet_tiny at 0.375 scale, OHEM + aux, 1400 steps;
 ASPP + LDv1 here); its training times and mIoU on 2 CPU cores are in the README's
 "CamVid from scratch" section.
 
@@ -36,7 +36,7 @@ def main(argv=None):
     from training import train
 
     out = pathlib.Path(args.out)
-    train_args = ["--config", "camvid", "--data-dir", args.data_dir,
+    train_args = ["--config", "camvid_lowres", "--data-dir", args.data_dir,
                   "--run-dir", str(out / "train"), "--set", f"ld={args.ld}",
                   "--set", "export_saved_model=false"]
     if args.steps:

@@ -1,4 +1,4 @@
-"""Real-data check: a small GALD (the `camvid` recipe -- resnet_tiny, 0.375x, OHEM + aux --
+"""Real-data check: a small GALD (the `camvid_lowres` recipe -- resnet_tiny, 0.375x, OHEM + aux --
 with ASPP + LDv1, cut to 700 of its 1400 steps to bound CI time) trained from scratch on
 CamVid (../shared) on 2 CPU cores must reach a validation mIoU far above chance.
 
@@ -43,7 +43,7 @@ def test_camvid_small_gald_learns(tmp_path):
     root = require_shared(CAMVID_DIR)
     run_dir = tmp_path / "camvid"
     t0 = time.time()
-    run_python(["-m", "training.train", "--config", "camvid", "--data-dir", root,
+    run_python(["-m", "training.train", "--config", "camvid_lowres", "--data-dir", root,
                 "--run-dir", run_dir, "--set", "export_saved_model=false", "--set", "ld=v1",
                 "--steps", STEPS], timeout=600)
     elapsed = time.time() - t0
