@@ -121,7 +121,7 @@ def test_dataclass_defaults_are_the_default_preset():
     assert config_lib.TrainConfig() == config_lib.get_preset("default")
     # Presets are copies: changing one leaves the table alone.
     config_lib.get_preset("camvid").crop_size = (1, 1)
-    assert config_lib.get_preset("camvid").crop_size == (112, 144)
+    assert config_lib.get_preset("camvid").crop_size == (360, 480)
 
 
 def test_xla_and_sync_bn_are_optional_booleans():
