@@ -26,12 +26,14 @@ import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# Runnable from a checkout without `pip install -e .`.
+# Runnable from a checkout without `pip install -e .`; `common` sits beside this file.
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from common.models import ldv2_layer_fns  # noqa: E402
 from keras_gald.layers.ldv2 import LDv2  # noqa: E402
 
 
@@ -50,20 +52,6 @@ def _block(result):
     # Pull every output to the host so asynchronous devices finish.
     for t in tf.nest.flatten(result):
         t.numpy()
-
-
-def layer_fns(layer):
-    """-> (forward, forward_backward) callables of an LD layer on inputs (xg, xl)."""
-    def forward(xg, xl):
-        return layer([xg, xl], training=False)
-
-    def forward_backward(xg, xl):
-        with tf.GradientTape() as tape:
-            tape.watch([xg, xl])
-            loss = tf.reduce_sum(tf.square(layer([xg, xl], training=True)))
-        return tape.gradient(loss, [xg, xl] + layer.trainable_weights)
-
-    return forward, forward_backward
 
 
 def _core_fns(layer):
@@ -114,7 +102,7 @@ def main():
     print(header)
     print("-" * len(header))
     for part, make, inputs in (
-        ("layer", layer_fns, (xg, xl)),
+        ("layer", ldv2_layer_fns, (xg, xl)),
         ("core", _core_fns, (q, k, v)),
     ):
         for pass_index, pass_name in enumerate(("fwd", "fwd+bwd")):

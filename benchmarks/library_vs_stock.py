@@ -5,7 +5,7 @@ Each `--changes` entry names one optimisation of keras_gald (a
 twice, once with that change switched on and once with it switched off while
 its graph is traced (whatever this machine's default policy says, so the same
 command shows whether a path wins on an AVX2 / oneDNN-off machine too),
-and the two are timed in turns (`speed.time_interleaved`: one call of each per
+and the two are timed in turns (`common.timing.time_interleaved`: one call of each per
 round), so a slow spell of a shared machine hits both.
 
 Changes:
@@ -48,7 +48,7 @@ Cases (`--cases`, comma-separated):
                               (train: forward + gradients of the inputs and
                               weights); 1x64x64x256x2048 is its place in the
                               R50 + ASPP + LDv2 network at 512 x 512
-with `<config>` from `benchmarks/speed.py` (`r50_backbone`, `official_v1_r50`,
+with `<config>` from `benchmarks/common/models.py` (`r50_backbone`, `official_v1_r50`,
 `r50_aspp_ldv2`, ...) and `<mode>` `fp32` or `bf16` (`mixed_bfloat16`).
 
 Usage (from the repository root):
@@ -63,17 +63,22 @@ medians) and the median of the per-round ratios; writes JSON.
 
 import argparse
 import contextlib
-import json
+import os
 import pathlib
 import sys
 
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 BENCH_DIR = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR.parent))
 sys.path.insert(0, str(BENCH_DIR))
 
 import numpy as np  # noqa: E402
 
-import speed  # noqa: E402
+from common.machine import machine_info  # noqa: E402
+from common.models import (CONFIGS, IGNORE_INDEX, build_keras, fresh_session,  # noqa: E402
+                           inference_fn, ldv2_layer_fns, random_labels, set_policy, train_size)
+from common.report import log, write_json  # noqa: E402
+from common.timing import paired_ratio, sync_tf, time_interleaved  # noqa: E402
 
 DEFAULT_CHANGES = "batchnorm,conv_slices,winograd,winograd_bf16,taps_forward_bf16,ldv2_fold"
 DEFAULT_CASES = (
@@ -152,8 +157,8 @@ def parse_case(text):
         return parts
     if len(parts) != 3 or parts[0] not in ("forward", "train") or parts[2] not in ("fp32", "bf16"):
         raise SystemExit(f"bad case {text!r}: expected forward|train:<config>:fp32|bf16")
-    if parts[1] not in speed.CONFIGS:
-        raise SystemExit(f"unknown config {parts[1]!r}; known: {', '.join(speed.CONFIGS)}")
+    if parts[1] not in CONFIGS:
+        raise SystemExit(f"unknown config {parts[1]!r}; known: {', '.join(CONFIGS)}")
     return parts
 
 
@@ -168,16 +173,16 @@ def build_call(kind, cfg, args):
     rng = np.random.default_rng(0)
     if kind == "forward":
         size = args.size
-        model = speed.build_keras(cfg, size, size)
-        fn = speed._inference_fn(model)
+        model = build_keras(cfg, size, size)
+        fn = inference_fn(model)
         x = tf.constant(rng.random((1, size, size, 3), dtype=np.float32))
-        return lambda: speed._sync_tf(fn(x))
-    size = speed.train_size(args, cfg)
-    model = speed.build_keras(cfg, size, size)
+        return lambda: sync_tf(fn(x))
+    size = train_size(args, cfg)
+    model = build_keras(cfg, size, size)
     model.compile(optimizer=SGD(learning_rate=1e-3, momentum=0.9),
-                  loss=SegmentationCrossEntropy(ignore_index=speed.IGNORE_INDEX))
+                  loss=SegmentationCrossEntropy(ignore_index=IGNORE_INDEX))
     images = tf.constant(rng.random((args.train_batch, size, size, 3), dtype=np.float32))
-    labels = tf.constant(speed._labels(rng, args.train_batch, size, size))
+    labels = tf.constant(random_labels(rng, args.train_batch, size, size))
     return lambda: model.train_on_batch(images, labels)
 
 
@@ -210,7 +215,6 @@ def build_ldv2_call(shape, kind):
     import tensorflow as tf
 
     from keras_gald.layers.ldv2 import LDv2
-    from ldv2_impl import layer_fns
 
     n, h, w, c_g, c_l = shape
     rng = np.random.default_rng(0)
@@ -221,9 +225,9 @@ def build_ldv2_call(shape, kind):
     layer.set_weights([np.random.default_rng(1).standard_normal(v.shape).astype("float32") * 0.02
                        if "variance" not in v.path else np.ones(v.shape, "float32")
                        for v in layer.weights])
-    forward, forward_backward = layer_fns(layer)
+    forward, forward_backward = ldv2_layer_fns(layer)
     fn = tf.function(forward if kind == "forward" else forward_backward)
-    return lambda: speed._sync_tf(fn(xg, xl))
+    return lambda: sync_tf(fn(xg, xl))
 
 
 def run_case(args, change, case):
@@ -240,10 +244,10 @@ def run_case(args, change, case):
         build_ours = build_stock = lambda: build_ldv2_call(shape, kind)  # noqa: E731
     else:
         kind, config, mode = parts
-        cfg = speed.CONFIGS[config]
+        cfg = CONFIGS[config]
         build_ours = build_stock = lambda: build_call(kind, cfg, args)  # noqa: E731
         settle = 1 if kind == "train" else 0
-    speed.set_policy(mode)
+    set_policy(mode)
     try:
         with change_path(change, on=True):
             ours = build_ours()
@@ -251,17 +255,17 @@ def run_case(args, change, case):
         with stock_path(change):
             stock = build_stock()
             stock()  # traced (and cached) without the change
-        stats, times = speed.time_interleaved({"keras_gald": ours, "stock": stock},
+        stats, times = time_interleaved({"keras_gald": ours, "stock": stock},
                                               args.warmup, args.repeats, settle=settle)
     finally:
-        speed.set_policy("fp32")
-        speed.fresh_session()
+        set_policy("fp32")
+        fresh_session()
     row = dict(change=change, case=case, kind=kind, config=config, mode=mode,
                keras_gald_ms=stats["keras_gald"]["ms"], stock_ms=stats["stock"]["ms"],
                keras_gald_all=stats["keras_gald"]["ms_all"], stock_all=stats["stock"]["ms_all"])
     row["ratio"] = row["keras_gald_ms"] / row["stock_ms"]
-    row["ratio_per_round"] = speed.paired_ratio(times["keras_gald"], times["stock"])
-    speed.log(f"[{change} {case}] keras_gald {row['keras_gald_ms']:.1f} ms, stock "
+    row["ratio_per_round"] = paired_ratio(times["keras_gald"], times["stock"])
+    log(f"[{change} {case}] keras_gald {row['keras_gald_ms']:.1f} ms, stock "
               f"{row['stock_ms']:.1f} ms, ratio {row['ratio']:.3f} "
               f"(per round {row['ratio_per_round']:.3f})")
     return row
@@ -289,15 +293,13 @@ def main(argv=None):
 
     # One op at a time, as in speed.py (TF's default ran two 2-thread ops at once).
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    results = dict(machine=speed.machine_info(
+    results = dict(machine=machine_info(
         tf.config.threading.get_intra_op_parallelism_threads(), None),
                    settings=vars(args), rows=[])
     for change in changes:
         for case in cases:
             results["rows"].append(run_case(args, change, case))
-            path = pathlib.Path(args.json)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(results, indent=1))
+            write_json(args.json, results)
     print(f"\n{'change':<13}{'case':<38}{'keras_gald ms':>14}{'stock ms':>10}{'ratio':>8}"
           f"{'per round':>11}")
     for row in results["rows"]:

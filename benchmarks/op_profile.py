@@ -1,6 +1,6 @@
-"""Where the time of whole networks goes, op by op, networks timed in turns (issue #8).
+"""Where the time of whole networks goes, op by op, networks timed in turns.
 
-Builds the `benchmarks/speed.py` configurations named by `--configs`, calls them
+Builds the configurations of `benchmarks/common/models.py` named by `--configs`, calls them
 in turns (`--rounds` rounds, the order reversed every other round) under the TF
 profiler, and sums each op's self time by top-level layer (the backbone by
 stage). Comparing two networks this way shows what a module costs by its own
@@ -17,19 +17,24 @@ all op time and the median wall time per call; writes JSON.
 import argparse
 import collections
 import json
+import os
 import pathlib
 import re
 import sys
 import tempfile
 import time
 
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 BENCH_DIR = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR.parent))
 sys.path.insert(0, str(BENCH_DIR))
 
 import numpy as np  # noqa: E402
 
-import speed  # noqa: E402
+from common.machine import machine_info  # noqa: E402
+from common.models import CONFIGS, build_keras, inference_fn, set_policy  # noqa: E402
+from common.report import write_json  # noqa: E402
+from common.timing import sync_tf  # noqa: E402
 
 
 def layer_group(op_name):
@@ -73,21 +78,21 @@ def main(argv=None):
     args = parser.parse_args(argv)
     configs = [c for c in args.configs.split(",") if c]
     for name in configs:
-        if name not in speed.CONFIGS:
-            raise SystemExit(f"unknown config {name!r}; known: {', '.join(speed.CONFIGS)}")
+        if name not in CONFIGS:
+            raise SystemExit(f"unknown config {name!r}; known: {', '.join(CONFIGS)}")
 
     import tensorflow as tf
 
     tf.config.threading.set_inter_op_parallelism_threads(1)  # as speed.py
-    speed.set_policy(args.mode)
+    set_policy(args.mode)
     x = tf.constant(np.random.default_rng(0).random((1, args.size, args.size, 3), np.float32))
     calls, models = [], []
     for name in configs:
-        model = speed.build_keras(speed.CONFIGS[name], args.size, args.size)
-        fn = speed._inference_fn(model)
+        model = build_keras(CONFIGS[name], args.size, args.size)
+        fn = inference_fn(model)
         for _ in range(2):  # trace, then one warm call
-            speed._sync_tf(fn(x))
-        calls.append(lambda fn=fn: speed._sync_tf(fn(x)))
+            sync_tf(fn(x))
+        calls.append(lambda fn=fn: sync_tf(fn(x)))
         models.append(model.name)
     walls = [[] for _ in calls]
     with tempfile.TemporaryDirectory() as logdir:
@@ -117,13 +122,11 @@ def main(argv=None):
     wall = {c: float(np.median(w)) for c, w in zip(configs, walls)}
     print(f"{'all ops':<28}" + "".join(f"{totals[c]:18.1f}" for c in configs))
     print(f"{'wall (median)':<28}" + "".join(f"{wall[c]:18.1f}" for c in configs))
-    results = dict(machine=speed.machine_info(
+    results = dict(machine=machine_info(
         tf.config.threading.get_intra_op_parallelism_threads(), None),
                    settings=vars(args), op_ms=per_config, op_total_ms=totals,
                    wall_ms=wall, wall_all=dict(zip(configs, walls)))
-    path = pathlib.Path(args.json)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=1))
+    write_json(args.json, results)
     print(f"wrote {args.json}")
 
 

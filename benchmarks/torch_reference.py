@@ -44,6 +44,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# The Keras side's count (no TensorFlow import at module level); benchmarks/ is on
+# sys.path whether this file runs as a script or is imported by one.
+from common.models import keras_param_counts
+
 # Mirrors keras_gald.backbones.resnet.BACKBONES (kept separate so this file
 # imports without TensorFlow); the parameter-count check catches any drift.
 BACKBONES = {
@@ -478,19 +482,6 @@ def torch_param_counts(model):
     aux_fn = getattr(model, "aux_parameters", None)
     aux = sum(p.numel() for p in aux_fn()) if aux_fn else 0
     return {"total": total, "aux": aux, "main": total - aux}
-
-
-def keras_param_counts(model):
-    """`{"total", "aux", "main"}` trainable-weight counts of a Keras model.
-
-    `main` is the inference graph (`Segmenter.inference_model()`), `aux` the
-    rest (the training-only auxiliary head).
-    """
-    count = lambda weights: int(sum(math.prod(w.shape) for w in weights))
-    total = count(model.trainable_weights)
-    inference = getattr(model, "inference_model", None)
-    main = count(inference().trainable_weights) if inference else total
-    return {"total": total, "aux": total - main, "main": main}
 
 
 def compare_param_counts(keras_model, torch_model):
