@@ -104,8 +104,8 @@ def parse_args(argv=None):
     parser.add_argument("--inter-op-threads", type=int, default=1,
                         help="TF inter-op threads (default 1, as PyTorch runs one op at a "
                              "time; 0 keeps TF's default of one per core, which on 2 cores "
-                             "runs two ops of two threads each at once: R50 FCN "
-                             "forward 2439 vs 2109 ms here)")
+                             "runs two ops of two threads each at once, which is slower: "
+                             "compare the two with --inter-op-threads 0)")
     parser.add_argument("--size", type=int, help="forward input side (512; quick 128)")
     parser.add_argument("--train-size", type=int, help="training crop side (128; quick 64)")
     parser.add_argument("--train-batch", type=int, help="training batch (2)")
