@@ -361,7 +361,7 @@ def test_multi_worker_two_processes(tmp_path, xla):
     outs = []
     try:
         for p in procs:
-            outs.append(p.communicate(timeout=180)[0])
+            outs.append(p.communicate(timeout=360)[0])
     finally:
         for p in procs:
             if p.poll() is None:
