@@ -443,6 +443,25 @@ def threshold_label(threshold, tolerance_px):
     return f"{threshold:g} ({px_text} px)"
 
 
+def mean_and_delta_rows(variants, summary, by_seed, columns):
+    """Markdown rows `| label | mean ± std; Δ [CI] | ...`, one per variant.
+
+    `columns`: `(value_fn, delta_group, delta_key)` per column: `value_fn(run)` gives the
+    per-seed values, `summary[v]["vs_aspp"][delta_group][delta_key]` the paired interval.
+    """
+    rows = []
+    for v in variants:
+        e = summary[v]
+        cells = []
+        for value_fn, group, key in columns:
+            cell = fmt_mean_std([value_fn(r) for r in by_seed[v].values()])
+            if "vs_aspp" in e:
+                cell += f"; Δ {fmt_interval(e['vs_aspp'][group][key])}"
+            cells.append(cell)
+        rows.append(f"| {e['label']} | " + " | ".join(cells) + " |")
+    return rows
+
+
 def summarise(args, results, wall_seconds):
     """-> (summary dict, Markdown) of the finished runs `results` (eval.json dicts with
     `variant` and `seed`)."""
@@ -562,28 +581,14 @@ def summarise(args, results, wall_seconds):
                   "give equal columns), bF % and Δ vs ASPP [95 % CI]:", "",
                   "| model | " + " | ".join(f"bF {labels[i]}" for i in frac_idx) + " |",
                   "|---|" + "---|" * len(frac_idx)]
-        for v in variants:
-            e = s[v]
-            cells = []
-            for i in frac_idx:
-                cell = fmt_mean_std([bf(i)(r) for r in by_seed[v].values()])
-                if "vs_aspp" in e:
-                    cell += f"; Δ {fmt_interval(e['vs_aspp']['boundary_f'][labels[i]])}"
-                cells.append(cell)
-            lines.append(f"| {e['label']} | " + " | ".join(cells) + " |")
+        lines += mean_and_delta_rows(
+            variants, s, by_seed, [(bf(i), "boundary_f", labels[i]) for i in frac_idx])
     small = [c for c in SMALL_CLASSES if c in class_names]
     if small:
         lines += ["", "Small classes, IoU % (mean ± std) and Δ vs ASPP [95 % CI]:", "",
                   "| model | " + " | ".join(small) + " |", "|---|" + "---|" * len(small)]
-        for v in variants:
-            e = s[v]
-            cells = []
-            for c in small:
-                cell = fmt_mean_std([iou(c)(r) for r in by_seed[v].values()])
-                if "vs_aspp" in e:
-                    cell += f"; Δ {fmt_interval(e['vs_aspp']['per_class_iou'][c])}"
-                cells.append(cell)
-            lines.append(f"| {e['label']} | " + " | ".join(cells) + " |")
+        lines += mean_and_delta_rows(
+            variants, s, by_seed, [(iou(c), "per_class_iou", c) for c in small])
     all_seeds = sorted({r["seed"] for r in results})
     lines += ["", "mIoU % per seed:", "",
               "| model | " + " | ".join(f"seed {k}" for k in all_seeds) + " |",

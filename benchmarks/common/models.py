@@ -154,6 +154,17 @@ def compile_torch(torch, model):
     return torch.compile(model, dynamic=False)
 
 
+def torch_variants(args, torch, model):
+    """`[(name, model, bf16)]` of the PyTorch twin to time: eager float32, plus
+    `torch.compile` with `--torch-compile` and eager bfloat16 autocast with the bf16 mode."""
+    variants = [("torch_eager", model, False)]
+    if args.torch_compile:
+        variants.append(("torch_compile", compile_torch(torch, model), False))
+    if "bf16" in args.modes:
+        variants.append(("torch_eager_bf16", model, True))
+    return variants
+
+
 def random_labels(rng, batch, height, width):
     """Random int32 class labels with about 5 % of the pixels `IGNORE_INDEX`."""
     labels = rng.integers(0, NUM_CLASSES, size=(batch, height, width)).astype(np.int32)

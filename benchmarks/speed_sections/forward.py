@@ -23,8 +23,8 @@ import gc
 
 from common.flops import count_flops, torch_flops
 from common.models import (CONFIGS, LARGE_CONFIG, LARGE_SIZE, build_keras, build_torch,
-                           compile_torch, fresh_session, inference_fn, keras_param_counts,
-                           set_policy)
+                           fresh_session, inference_fn, keras_param_counts,
+                           set_policy, torch_variants)
 from common.report import log, write_json
 from common.timing import paired_ratio, sync_tf, time_interleaved
 from speed_sections.peak import conv_peak
@@ -168,11 +168,7 @@ def _torch_forward_job(args, torch, torch_ref, cfg, height, width):
     torch.manual_seed(0)
     model = build_torch(torch_ref, cfg).eval().to(memory_format=torch.channels_last)
     images = torch.rand(1, 3, height, width).contiguous(memory_format=torch.channels_last)
-    variants = [("torch_eager", model, False)]
-    if args.torch_compile:
-        variants.append(("torch_compile", compile_torch(torch, model), False))
-    if "bf16" in args.modes:
-        variants.append(("torch_eager_bf16", model, True))
+    variants = torch_variants(args, torch, model)
 
     def make_call(net, bf16):
         def call():

@@ -25,8 +25,9 @@ import json
 
 import numpy as np
 
-from common.models import (CONFIGS, IGNORE_INDEX, build_keras, build_torch, compile_torch,
-                           fresh_session, random_labels, set_policy, train_size)
+from common.models import (CONFIGS, IGNORE_INDEX, build_keras, build_torch,
+                           fresh_session, random_labels, set_policy, torch_variants,
+                           train_size)
 from common.report import log, write_json
 from common.timing import sync_tf, time_interleaved
 from speed_sections.twins import attach_torch_ratios, time_with_twins, torch_row
@@ -100,11 +101,7 @@ def _torch_train_job(args, torch, torch_ref, cfg, images_np, labels_np):
         memory_format=torch.channels_last)
     labels = torch.from_numpy(labels_np).long()
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    variants = [("torch_eager", model, False)]
-    if args.torch_compile:
-        variants.append(("torch_compile", compile_torch(torch, model), False))
-    if "bf16" in args.modes:
-        variants.append(("torch_eager_bf16", model, True))
+    variants = torch_variants(args, torch, model)
 
     def make_step(net, bf16):
         def step():
