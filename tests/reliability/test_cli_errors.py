@@ -1,4 +1,4 @@
-"""Issue 20, cases 6 and 8 (and neighbours): user errors are one line on stderr with exit
+"""User errors are one line on stderr with exit
 code 2, caught before anything is built or written; `convert --lenient` refuses to save a
 model into which nothing loaded."""
 

@@ -1,4 +1,4 @@
-"""Issue 20, case 7: bad images are named -- in the tf.data pipeline (through
+"""Bad images are named -- in the tf.data pipeline (through
 `keras-gald evaluate`), in `prescan`, and by `keras-gald predict`, which still writes
 predictions for every readable image."""
 

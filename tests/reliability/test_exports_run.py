@@ -1,4 +1,4 @@
-"""Issue 20, case 5: exports that run. `model.export(path, format=...)` on a GALD model
+"""Exports that run. `model.export(path, format=...)` on a GALD model
 and `keras-gald export` give files that run in their runtime (onnxruntime, the
 ai-edge-litert interpreter, TF), builtin TFLite ops only; a dynamic-size LiteRT request is
 refused up front; a converter error exits non-zero and writes nothing."""
