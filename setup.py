@@ -21,6 +21,8 @@ setup(
     extras_require={
         "test": [
             "pytest>=8",
+            # The README's test command runs the suite on two workers (`-n 2`).
+            "pytest-xdist>=3.5",
             "tf2onnx==1.17.*",
             "onnx>=1.16",
             "onnxruntime>=1.18",

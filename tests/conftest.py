@@ -68,3 +68,12 @@ def kernel_policy():
 
     with contextlib.ExitStack() as stack:
         yield lambda **changes: stack.enter_context(Policy.current().replace(**changes))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Long training runs (`@pytest.mark.slow`) first, the rest in file order.
+
+    Under the README's `-n 2` both workers then start on long runs and the short tests
+    fill in around them, instead of the last long runs ending the suite alone.
+    """
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -46,7 +46,8 @@ def load_weights(path):
 
 
 def load_weights_h5(path):
-    """Weights of a `.weights.h5` file, in model order (via a freshly built tiny model)."""
+    """Weights of a run's `.weights.h5` file, in model order (via a fresh model of the
+    run's `config.json`, in float64 so that both float32 and float64 runs load exactly)."""
     import h5py  # noqa: F401  (keras dependency)
     import keras
 
@@ -54,8 +55,7 @@ def load_weights_h5(path):
 
     keras.config.set_floatx("float64")
     try:
-        cfg = config_lib.resolve_config("default", {
-            "backbone": "resnet_tiny", "head_channels": "16", "aspp_filters": "8"})
+        cfg = config_lib.TrainConfig.from_json((path.parent / "config.json").read_text())
         model = train_lib.build_model(cfg, 9, sync_bn=False)
         model.load_weights(path)
         return model.get_weights()
@@ -308,16 +308,19 @@ def test_mirrored_xla_per_replica_step(tmp_path):
     """`--devices 2 --xla`: the per-replica compiled step trains, and one step lands
     where the uncompiled step with the same (per-replica) BatchNorm lands.
 
-    float32, tolerance 3e-2 x each variable's max |value|: XLA reorders float32 sums on
-    this ill-conditioned tiny net (see the float64 note above; measured 1.0e-2 after two
-    steps). The exact float64 check of the same mechanism, on a resize-free model, is
+    float32 (no LD block), tolerance 1e-2 x each variable's max |value|: XLA reorders
+    float32 sums (measured 3.4e-4 after the step), while the SyncBN model lands 3.1 away
+    from the per-replica one, so the tolerance tells the BatchNorm semantics apart. The
+    exact float64 check of the same mechanism, on a resize-free model, is
     `tests/models/test_segmenter_replicas.py` (TF's XLA ResizeBilinearGrad cannot run in
-    float64). The SyncBN model differs from the per-replica one by > 1 (2.55 after two
-    steps), so the tolerance tells the BatchNorm semantics apart.
+    float64).
     """
     common = TINY + ["--steps", "1", "--checkpoint-every", "1", "--set", "eval_max_images=1",
                      "--set", "export_saved_model=false", "--set", "aspp_dropout=0",
-                     "--set", "synthetic_val_images=1", "--devices", "2"]
+                     "--set", "synthetic_val_images=1", "--devices", "2",
+                     # No LD block: what is checked is the step and BatchNorm across replicas,
+                     # and XLA compiles the tiny net in a fraction of the time without it.
+                     "--set", "ld=none"]
     xla_dir, plain_dir = tmp_path / "xla", tmp_path / "plain"
     out1 = run_train(common + ["--xla", "--run-dir", str(xla_dir)], timeout=300)
     assert "sync_bn False; xla True" in out1 and "per-replica" in out1
@@ -328,7 +331,7 @@ def test_mirrored_xla_per_replica_step(tmp_path):
     w1 = load_weights(xla_dir / "model.keras")
     w2 = load_weights(plain_dir / "model.keras")
     assert max_relative_diff(w1, load_weights_h5(xla_dir / "initial.weights.h5")) > 1e-3  # it moved
-    assert max_relative_diff(w1, w2) <= 3e-2, max_relative_diff(w1, w2)
+    assert max_relative_diff(w1, w2) <= 1e-2, max_relative_diff(w1, w2)
     with pytest.raises(AssertionError, match="Choose one"):
         run_train(common + ["--xla", "--set", "sync_bn=true", "--run-dir", str(tmp_path / "bad")])
 
@@ -351,7 +354,7 @@ def test_multi_worker_two_processes(tmp_path, xla):
     run_dir = tmp_path / "mw"
     args = TINY + ["--steps", "3", "--checkpoint-every", "3", "--run-dir", str(run_dir),
                    "--set", "eval_max_images=1", "--set", "export_saved_model=false",
-                   "--xla" if xla else "--no-xla"]
+                   "--set", "ld=none", "--xla" if xla else "--no-xla"]
     procs = []
     for index in range(2):
         tf_config = {"cluster": cluster, "task": {"type": "worker", "index": index}}
