@@ -19,37 +19,13 @@ from keras_gald.losses import SegmentationCrossEntropy
 from keras_gald.models.gald import GALD
 from keras_gald.models.official import build_gald_head, official_gald_v1
 from tests.conftest import OfficialFixture
+from tests.convert._state_dicts import random_state_dict
 from tests.harness import assert_close_relative
 from tests.models.test_official import keras_variable_for_key, official_keys, to_keras_layout
 from training import convert as convert_cli
 
 LEGACY_STEM = {"conv1.0": "conv1", "conv1.1": "bn1", "conv1.3": "conv2", "conv1.4": "bn2", "conv1.6": "conv3", "bn1": "bn3"}
 IMAGE_HW = (113, 121)  # the smallest kind of input the authors' LDv1 allows (>= 111)
-
-
-def random_state_dict(keys, seed=0, classes=None):
-    """A PyTorch-style state dict with the keys' shapes and sane activations.
-
-    Conv weights ~ N(0, 1/fan_in), BatchNorm running_var in [0.5, 2]
-    (positive), so 100+ layers stay finite without calibration.
-    """
-    rng = np.random.default_rng(seed)
-    out = {}
-    for key, shape in keys:
-        if classes is not None and key.startswith(("head.bottleneck.3", "dsn.4")):
-            shape = (classes,) + tuple(shape[1:])
-        if key.endswith("num_batches_tracked"):
-            out[key] = np.array(1000, np.int64)
-        elif key.endswith("running_var"):
-            out[key] = rng.uniform(0.5, 2.0, shape).astype(np.float32)
-        elif len(shape) == 4:
-            fan_in = shape[1] * shape[2] * shape[3]
-            out[key] = rng.normal(0.0, fan_in ** -0.5, shape).astype(np.float32)
-        elif key.endswith(".weight"):  # BatchNorm / GroupNorm scale
-            out[key] = rng.uniform(0.3, 0.8, shape).astype(np.float32)
-        else:
-            out[key] = rng.normal(0.0, 0.1, shape).astype(np.float32)
-    return out
 
 
 def assert_values_loaded(model, state, depth=None, skip=()):

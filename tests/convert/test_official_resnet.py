@@ -17,6 +17,7 @@ from keras_gald.convert.official_resnet import (
 )
 from keras_gald.convert.torch_weights import StateDict
 from tests.conftest import OFFICIAL_DIR, require_shared
+from tests.convert._state_dicts import random_state_dict
 
 NEW_STEM = {
     "conv1.0": "stem_conv1",
@@ -47,19 +48,6 @@ def backbone_keys(arch):
     spec = json.loads(path.read_text())
     keys = [(k, tuple(shape), dtype) for k, shape, dtype in spec["keys"]]
     return [k for k in keys if not k[0].startswith(("head.", "dsn."))], keys
-
-
-def random_state_dict(keys, seed=0):
-    rng = np.random.default_rng(seed)
-    out = {}
-    for key, shape, dtype in keys:
-        if key.endswith("num_batches_tracked"):
-            out[key] = np.array(7, np.int64)
-        elif key.endswith("running_var"):
-            out[key] = rng.uniform(0.5, 2.0, shape).astype(np.float32)
-        else:
-            out[key] = rng.normal(size=shape).astype(np.float32)
-    return out
 
 
 def keras_target(key):
