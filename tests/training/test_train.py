@@ -308,8 +308,9 @@ def test_mirrored_xla_per_replica_step(tmp_path):
     """`--devices 2 --xla`: the per-replica compiled step trains, and one step lands
     where the uncompiled step with the same (per-replica) BatchNorm lands.
 
-    float32 (no LD block), tolerance 1e-2 x each variable's max |value|: XLA reorders
-    float32 sums (measured 3.4e-4 after the step), while the SyncBN model lands 3.1 away
+    float32 (no LD block), tolerance 0.1 x each variable's max |value|: XLA reorders
+    float32 sums (measured after the step: 3.4e-4 with oneDNN's kernels, 1.8e-2 with
+    TF_ENABLE_ONEDNN_OPTS=0, as on AVX2-only CPUs), while the SyncBN model lands 3.1 away
     from the per-replica one, so the tolerance tells the BatchNorm semantics apart. The
     exact float64 check of the same mechanism, on a resize-free model, is
     `tests/models/test_segmenter_replicas.py` (TF's XLA ResizeBilinearGrad cannot run in
@@ -331,7 +332,7 @@ def test_mirrored_xla_per_replica_step(tmp_path):
     w1 = load_weights(xla_dir / "model.keras")
     w2 = load_weights(plain_dir / "model.keras")
     assert max_relative_diff(w1, load_weights_h5(xla_dir / "initial.weights.h5")) > 1e-3  # it moved
-    assert max_relative_diff(w1, w2) <= 1e-2, max_relative_diff(w1, w2)
+    assert max_relative_diff(w1, w2) <= 0.1, max_relative_diff(w1, w2)
     with pytest.raises(AssertionError, match="Choose one"):
         run_train(common + ["--xla", "--set", "sync_bn=true", "--run-dir", str(tmp_path / "bad")])
 
