@@ -107,7 +107,8 @@ def evaluate(model, dataset, num_classes, class_names=None, *, sliding=None, str
             ignore_index=ignore_index)
     target = max_images or None
     if target is None and isinstance(dataset, tf.data.Dataset):
-        target = int(dataset.cardinality()) if int(dataset.cardinality()) >= 0 else None
+        cardinality = int(dataset.cardinality())  # < 0: unknown or infinite
+        target = cardinality if cardinality >= 0 else None
     bar = keras.utils.Progbar(target, verbose=verbose, unit_name="image",
                              stateful_metrics=["mIoU"])
     seen = 0

@@ -90,8 +90,9 @@ def max_relative_diff(actual, expected):
         a = np.asarray(a, np.float64)
         e = np.asarray(e, np.float64)
         assert a.shape == e.shape, (a.shape, e.shape)
-        scale = max(float(np.abs(e).max()) if e.size else 0.0, 1e-12)
-        worst = max(worst, float(np.abs(a - e).max()) / scale if e.size else 0.0)
+        if e.size:
+            scale = max(float(np.abs(e).max()), 1e-12)
+            worst = max(worst, float(np.abs(a - e).max()) / scale)
     return worst
 
 
