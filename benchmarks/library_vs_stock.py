@@ -16,10 +16,10 @@ Changes:
                   LDv1) are switched too: the method is swapped on the class.
     conv_slices   float32 k x k convolutions with >= 1024 input or output
                   channels run over 512-channel slices
-                  (`keras_gald.layers.conv.conv2d_sliced`) against one whole
+                  (`keras_gald.ops.conv.conv2d_sliced`) against one whole
                   `tf.nn.conv2d`.
     winograd      float32 3x3 "SAME" convolutions with >= 256 x 256 weights
-                  per tap by Winograd F(2x2, 3x3) (`keras_gald.layers.winograd`)
+                  per tap by Winograd F(2x2, 3x3) (`keras_gald.ops.winograd`)
                   against the path `dilated_conv2d` takes without it (one
                   `tf.nn.conv2d`, channel slices, or one matmul per tap).
     winograd_bf16 the same for bfloat16 convolutions with >= 512 x 512 weights
@@ -191,7 +191,7 @@ def build_conv_call(shape, rate, kind, method="auto", mode="fp32"):
     freshly traced graph; `mode="bf16"` casts input and kernel to bfloat16."""
     import tensorflow as tf
 
-    from keras_gald.layers.conv import dilated_conv2d
+    from keras_gald.ops.conv import dilated_conv2d
 
     n, h, w, c_in, c_out = shape
     dtype = tf.bfloat16 if mode == "bf16" else tf.float32

@@ -29,7 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_gald import inference, metrics
-from keras_gald.layers.resize import resize_bilinear
+from keras_gald.ops.resize import resize_bilinear
 
 __all__ = ["evaluate", "predict_logits", "iou_table"]
 

@@ -37,7 +37,7 @@ import pathlib
 import tensorflow as tf
 
 from keras_gald.data.normalization import normalize
-from keras_gald.layers import portable_ops
+from keras_gald.ops.portable import portable_ops
 
 from keras_gald.io import atomic_directory, atomic_write_bytes
 

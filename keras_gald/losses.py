@@ -56,7 +56,7 @@ counted).
 import keras
 import tensorflow as tf
 
-from keras_gald.layers.resize import resize_bilinear
+from keras_gald.ops.resize import resize_bilinear
 
 _MEAN_REDUCTIONS = ("sum_over_batch_size", "mean", "mean_with_sample_weight")
 _REDUCTIONS = _MEAN_REDUCTIONS + ("sum", "none", None)

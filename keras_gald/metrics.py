@@ -54,7 +54,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_gald.layers.resize import resize_bilinear
+from keras_gald.ops.resize import resize_bilinear
 
 DEFAULT_BOUNDARY_THRESHOLDS = (0.00088, 0.001875, 0.00375, 0.005)
 

@@ -242,7 +242,7 @@ def render_ldv2_affinity(model, image_uint8, path, pixels=((0, 0),), normalizati
 
     Returns the list of `(k, k)` weight arrays."""
     from keras_gald.data.normalization import normalize
-    from keras_gald.layers.ldv2 import neighbour_offsets
+    from keras_gald.ops.local_attention import neighbour_offsets
 
     image_uint8 = np.asarray(image_uint8, np.uint8)
     x_norm = np.asarray(normalize(image_uint8, normalization))

@@ -11,7 +11,7 @@ from PIL import Image
 
 from keras_gald import visualize
 from keras_gald.data import normalize
-from keras_gald.layers.ldv2 import neighbour_offsets
+from keras_gald.ops.local_attention import neighbour_offsets
 from keras_gald.models import GALD
 
 

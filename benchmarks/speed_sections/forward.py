@@ -5,7 +5,7 @@ logits stay float32), `fp16` (`mixed_float16`, for GPUs; no PyTorch twin).
 fp32 and bf16 rows are timed in turns with their PyTorch twins (`twins`).
 
 Each row gives the FLOPs of one forward pass (`common.flops`) counted on the
-fp32 inference graph traced under `keras_gald.layers.portable_ops()`, i.e.
+fp32 inference graph traced under `keras_gald.ops.portable_ops()`, i.e.
 with direct convolutions (`gflop`); `gflop_s` and `pct_conv_peak` (of the TF
 conv peak of the same dtype, section `peak`) divide it, so they are effective
 rates. `gflop_executed` is the graph as it runs: Winograd F(2x2, 3x3) does 4/9
@@ -104,7 +104,7 @@ def measure_forward(args, torch, torch_ref, results):
             # graph) and on direct convolutions: under portable_ops() Winograd's
             # 16 batched matmuls (4/9 of the multiply-adds) stay out, so GFLOP/s
             # and % of peak are rates of the same work for every path.
-            from keras_gald.layers import portable_ops
+            from keras_gald.ops.portable import portable_ops
 
             with portable_ops():
                 flops = count_flops(

@@ -108,7 +108,7 @@ def measure_dilated_conv(args, torch, results):
     alongside."""
     import tensorflow as tf
 
-    from keras_gald.layers.conv import auto_method, dilated_conv2d, taps_fraction
+    from keras_gald.ops.conv import auto_method, dilated_conv2d, taps_fraction
 
     c_in, c_out = (int(v) for v in args.dilated_channels.split(","))
     rows = []

@@ -9,6 +9,6 @@ from keras_gald.layers.ldv1 import LDv1
 from keras_gald.layers.ldv2 import LDv2
 from keras_gald.layers.nonlocal_block import NonLocal
 from keras_gald.layers.norm import FusedBatchNormalization, SyncBatchNormalization, batch_norm
-from keras_gald.layers.portable import portable_ops
+from keras_gald.ops.portable import portable_ops
 from keras_gald.layers.psp import PSP, adaptive_average_pool2d
 from keras_gald.layers.resize import ResizeLike, resize_bilinear

@@ -6,7 +6,7 @@ import tensorflow as tf
 from keras_gald.layers.cgnl import CGNL
 from keras_gald.layers.ldv1 import AUTHORS_LDV1_OPTIONS, LDv1
 from keras_gald.layers.norm import batch_norm
-from keras_gald.layers.resize import resize_bilinear
+from keras_gald.ops.resize import resize_bilinear
 
 DOWN_PADDINGS = ("valid", "symmetric")
 

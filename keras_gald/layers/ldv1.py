@@ -13,7 +13,7 @@ import keras
 import tensorflow as tf
 
 from keras_gald.layers.norm import batch_norm
-from keras_gald.layers.resize import resize_bilinear
+from keras_gald.ops.resize import resize_bilinear
 
 PADDINGS = ("symmetric", "valid")
 MASK_ACTIVATIONS = ("sigmoid", "relu_sigmoid")

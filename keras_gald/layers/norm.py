@@ -10,7 +10,7 @@ under a `tf.distribute` strategy, via `SyncBatchNormalization`.
 import keras
 import tensorflow as tf
 
-from keras_gald.layers.portable import gpu_visible
+from keras_gald.ops.portable import gpu_visible
 
 BN_EPSILON = 1e-5
 BN_MOMENTUM = 0.9

@@ -24,7 +24,7 @@ import tensorflow as tf
 
 from keras_gald.layers.norm import batch_norm
 from keras_gald.layers.validation import check_nhwc as _check_nhwc
-from keras_gald.layers.resize import resize_bilinear
+from keras_gald.ops.resize import resize_bilinear
 
 
 def _adaptive_pool_matrix(length, bins, dtype):

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_gald.layers import conv as conv_module
+from keras_gald.ops import conv as conv_module
 from keras_gald.ops import Policy
-from keras_gald.layers.conv import (
-    DilatedConv2D,
+from keras_gald.layers.conv import DilatedConv2D
+from keras_gald.ops.conv import (
     dilated_conv2d,
     pointwise_conv2d,
     same_padding_taps,

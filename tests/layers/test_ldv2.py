@@ -8,13 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_gald.layers.ldv2 import (
-    LDv2,
-    _local_aggregate,
-    _local_logits,
-    neighbour_offsets,
-)
-from keras_gald.layers.portable import portable_ops
+from keras_gald.layers.ldv2 import LDv2
+from keras_gald.ops.local_attention import local_aggregate, local_logits, neighbour_offsets
+from keras_gald.ops.portable import portable_ops
 from keras_gald.ops import Policy
 from tests.harness import assert_close_relative
 from tests.layers._helpers import (
@@ -268,8 +264,8 @@ def test_slices_never_builds_n_k2_c_tensors(impl):
         with tf.GradientTape() as tape:
             tape.watch([q, k, v])
             if impl == "slices":
-                w = tf.nn.softmax(_local_logits(q, k, offsets, pad))
-                out = _local_aggregate(w, v, offsets, pad)
+                w = tf.nn.softmax(local_logits(q, k, offsets, pad))
+                out = local_aggregate(w, v, offsets, pad)
             else:
                 w = tf.nn.softmax(layer._logits(q, k))
                 out = layer._aggregate(w, v)
@@ -298,8 +294,8 @@ def test_slices_products_run_one_at_a_time():
     def fwd_bwd(q, k, v):
         with tf.GradientTape() as tape:
             tape.watch([q, k, v])
-            w = tf.nn.softmax(_local_logits(q, k, offsets, pad))
-            loss = tf.reduce_sum(_local_aggregate(w, v, offsets, pad))
+            w = tf.nn.softmax(local_logits(q, k, offsets, pad))
+            loss = tf.reduce_sum(local_aggregate(w, v, offsets, pad))
         return tape.gradient(loss, [q, k, v])
 
     products = [op for op in fwd_bwd.get_concrete_function().graph.get_operations()

@@ -12,7 +12,7 @@ import tensorflow as tf  # noqa: E402
 from keras_gald.convert.official_psp_aspp import load_official_psp  # noqa: E402
 from keras_gald.convert.torch_weights import StateDict  # noqa: E402
 from keras_gald.layers.psp import PSP, adaptive_average_pool2d  # noqa: E402
-from keras_gald.layers.resize import resize_bilinear  # noqa: E402
+from keras_gald.ops.resize import resize_bilinear  # noqa: E402
 from tests.conftest import OfficialFixture  # noqa: E402
 from tests.harness import assert_close_relative  # noqa: E402
 from tests.layers._helpers import (  # noqa: E402

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_gald.layers import portable_ops
-from keras_gald.layers.conv import (
-    DilatedConv2D,
+from keras_gald.ops.portable import portable_ops
+from keras_gald.layers.conv import DilatedConv2D
+from keras_gald.ops.conv import (
     dilated_conv2d,
     winograd_fraction,
     winograd_input_bytes,
 )
-from keras_gald.layers.winograd import extended_size, winograd_conv3x3
+from keras_gald.ops.winograd import extended_size, winograd_conv3x3
 from tests.harness import assert_close_relative
 from tests.layers._helpers import (
     bf16_matmul_error,

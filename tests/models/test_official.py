@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 from keras_gald.layers.gald_block import GALDBlockV1
-from keras_gald.layers.resize import resize_bilinear
+from keras_gald.ops.resize import resize_bilinear
 from keras_gald.models.official import (
     build_gald_head,
     gald_head,

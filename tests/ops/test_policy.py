@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from keras_gald.layers import DilatedConv2D, LDv2
-from keras_gald.layers.conv import auto_method, dilated_conv2d
+from keras_gald.ops.conv import auto_method, dilated_conv2d
 from keras_gald.ops import Machine, Policy
 from keras_gald.ops import hardware, policy as policy_module
 

@@ -24,7 +24,7 @@ def portable_ops():
     """Within this context layers trace plain TF ops only: LDv2 its
     shifted-slice primitives without XLA (see `LDv2(jit_slices=...)`), 3x3
     convolutions `tf.nn.conv2d` instead of Winograd transforms compiled by XLA
-    (`keras_gald.layers.winograd`). It applies to the calling thread only.
+    (`keras_gald.ops.winograd`). It applies to the calling thread only.
     """
     _portable.depth = getattr(_portable, "depth", 0) + 1
     try:

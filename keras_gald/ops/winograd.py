@@ -22,7 +22,7 @@ first (a "SAME" conv reads zeros there anyway) and cropped after.
 TF's graph executor would run the transforms as dozens of separate
 feature-sized element-wise kernels; in graphs (outside `portable_ops()`) they
 are small XLA-compiled functions instead, while the matmuls stay on oneDNN.
-`keras_gald.layers.conv.dilated_conv2d` picks this path for wide float32
+`keras_gald.ops.conv.dilated_conv2d` picks this path for wide float32
 and bfloat16 kernels on CPU (`keras_gald.ops.Policy`: `winograd_min_weights`,
 `winograd_min_weights_bf16`, per machine): there the saved multiply-adds outweigh the
 memory passes of the transforms. The thresholds come from A/B runs against
@@ -36,7 +36,7 @@ import functools
 import numpy as np
 import tensorflow as tf
 
-from keras_gald.layers.portable import may_use_xla
+from keras_gald.ops.portable import may_use_xla
 
 # F(2, 3) in 1-D: G (4x3) maps the kernel to the transform domain; B^T (input
 # tile) and A^T (back to two outputs) are written out in _bt_combine / _at_combine.
