@@ -17,7 +17,7 @@ from keras_gald.backbones import (
     backbone_channels,
     build_resnet,
 )
-from keras_gald.layers.conv import DilatedConv2D
+from keras_gald.layers.conv import Conv2D
 
 TINY = "resnet_tiny"
 
@@ -274,7 +274,7 @@ def test_stride_dilation_layout(output_stride, strides, base):
                 assert model.get_layer(f"layer{stage}_block{b}_pad2").padding == ((1, 1), (1, 1))
     for layer in model.layers:
         if isinstance(layer, keras.layers.Conv2D):
-            assert isinstance(layer, DilatedConv2D), layer.name
+            assert isinstance(layer, Conv2D), layer.name
             assert not layer.use_bias, layer.name
             assert not (layer.strides != (1, 1) and layer.padding == "same"), layer.name
         if isinstance(layer, keras.layers.BatchNormalization):
@@ -393,7 +393,7 @@ def test_keras_serialization_round_trip(tmp_path):
         np.testing.assert_array_equal(a.numpy(), e.numpy())
     assert isinstance(loaded.get_layer("stem_pool"), TorchMaxPool2D)
     assert loaded.get_layer("stem_pool").ceil_mode
-    assert isinstance(loaded.get_layer("layer4_block0_conv2"), DilatedConv2D)
+    assert isinstance(loaded.get_layer("layer4_block0_conv2"), Conv2D)
     clone = keras.Model.from_config(model.get_config())
     assert [tuple(o.shape) for o in clone(x)] == [tuple(o.shape) for o in expected]
 
