@@ -65,11 +65,12 @@ def max_pool2d(inputs, pool_size, strides, padding, ceil_mode):
         for n, out, k, s, p in zip(sizes, out_sizes, pool_size, strides, padding)
     ]
     if keras.backend.backend() == "jax":
-        import jax.numpy as jnp  # only JAX users import jax
-        from jax import lax
+        from jax import lax  # only JAX users import jax
 
+        # A NumPy -inf (not a traced one) lets lax see the max monoid and pick
+        # reduce_window_max, which has a gradient.
         y = lax.reduce_window(
-            inputs, jnp.array(-jnp.inf, inputs.dtype), lax.max,
+            inputs, np.array(-np.inf, inputs.dtype), lax.max,
             (1, *pool_size, 1), (1, *strides, 1), ((0, 0), *pads, (0, 0)),
         )
     else:
