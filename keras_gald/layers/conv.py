@@ -1,61 +1,63 @@
-"""`DilatedConv2D`: `keras.layers.Conv2D` on the library's convolution kernels.
+"""`Conv2D`: `keras.layers.Conv2D` on the library's convolution kernels.
 
-The kernels, their custom gradients and the per-machine fast paths live in
-`keras_gald.ops.conv`; this layer holds the weights and picks the kernel.
+The kernels, their gradients and the per-machine fast paths live in
+`keras_gald.ops.conv`; this layer holds the weights and hands the
+convolution to `keras_gald.ops.conv2d`, which picks the kernel for the
+geometry (dilated or not, k x k or 1x1, strided or not) and the backend.
+`DilatedConv2D` is the same layer under its former name.
 """
 
 import keras
-import tensorflow as tf
 
-from keras_gald.ops.conv import dilated_conv2d, pointwise_conv2d
+from keras_gald.ops.conv import conv2d, dilated_conv2d, pointwise_conv2d  # noqa: F401
 
 
-@keras.saving.register_keras_serializable(package="keras_gald")
-class DilatedConv2D(keras.layers.Conv2D):
-    """`keras.layers.Conv2D` whose dilation runs through `tf.nn.conv2d`.
+@keras.saving.register_keras_serializable(package="keras_gald", name="Conv2D")
+class Conv2D(keras.layers.Conv2D):
+    """`keras.layers.Conv2D` whose convolution runs on `keras_gald.ops.conv2d`.
 
     Same constructor, weights layout (kernel `(kh, kw, C_in // groups, filters)`)
-    and config as `keras.layers.Conv2D`; use it wherever `dilation_rate > 1`
-    (at rate 1 the forward is plain `tf.nn.conv2d`, identical to `Conv2D`;
-    stride-1 kernels keep hand-written gradients, faster than TF's CPU
-    backprop kernels: `dilated_conv2d`'s for k x k, `pointwise_conv2d`'s
-    matmuls for 1x1). Grouped
-    convolutions fall back to Keras' own path. With `padding="same"` and a
-    static input size where at most `Policy.taps_max_fraction` of the taps' work
-    reads the image (large rates on small maps), it runs one matmul per tap
-    over the region that tap reads; wide float32 and bfloat16 3x3 kernels
-    traced in a graph on CPU run by Winograd F(2x2, 3x3)
-    (`dilated_conv2d(method="auto")`).
+    and config as `keras.layers.Conv2D`, and the same numbers up to float
+    summation order; use it for every convolution of the networks. On
+    TensorFlow, dilated convolutions run on the native dilated kernels
+    instead of space-to-batch, stride-1 k x k and 1x1 convolutions get
+    hand-written gradients that beat TF's CPU backprop kernels, and large
+    rates on small maps (one matmul per tap over the region it reads) or
+    wide 3x3 kernels traced in a graph on CPU (Winograd F(2x2, 3x3)) take
+    faster paths chosen by `keras_gald.ops.Policy`. On JAX it is
+    `lax.conv_general_dilated`. Grouped convolutions and `channels_first`
+    fall back to Keras' own op.
+
+    Args: those of `keras.layers.Conv2D`.
 
     Input shape: `(N, H, W, C_in)`. Output shape: `(N, H', W', filters)`.
 
     Example:
-    >>> conv = DilatedConv2D(64, 3, padding="same", dilation_rate=12)
-    >>> conv(keras.ops.zeros((1, 33, 47, 32))).shape
-    TensorShape([1, 33, 47, 64])
+    >>> conv = Conv2D(64, 3, padding="same", dilation_rate=12)
+    >>> tuple(conv(keras.ops.zeros((1, 33, 47, 32))).shape)
+    (1, 33, 47, 64)
     """
 
     def convolution_op(self, inputs, kernel):
-        if (
-            self.groups != 1
-            or self.data_format != "channels_last"
-            or keras.backend.backend() != "tensorflow"
-        ):
+        if self.groups != 1 or self.data_format != "channels_last":
             return super().convolution_op(inputs, kernel)
-        dilated = any(r > 1 for r in self.dilation_rate)
-        odd = all(k % 2 == 1 for k in self.kernel_size)
-        unit_stride = all(s == 1 for s in self.strides)
-        if dilated and (odd or self.padding == "valid"):
-            return dilated_conv2d(inputs, kernel, self.dilation_rate, self.padding)
-        if dilated:  # even kernel with "same": let TF handle the asymmetric pad
-            return super().convolution_op(inputs, kernel)
-        if odd and max(self.kernel_size) > 1 and unit_stride:
-            # Same forward (tf.nn.conv2d); the hand-written gradient beats TF's
-            # CPU backprop kernels at rate 1 too (`benchmarks/speed.py
-            # --sections dilated_conv`, benchmarks/results/dilated_conv_cpu.json).
-            return dilated_conv2d(inputs, kernel, (1, 1), self.padding)
-        if self.kernel_size == (1, 1) and unit_stride:
-            return pointwise_conv2d(inputs, kernel)
-        return tf.nn.conv2d(
-            inputs, kernel, strides=[1, *self.strides, 1], padding=self.padding.upper()
-        )
+        return conv2d(inputs, kernel, self.strides, self.padding, self.dilation_rate)
+
+
+@keras.saving.register_keras_serializable(package="keras_gald", name="DilatedConv2D")
+class DilatedConv2D(Conv2D):
+    """`Conv2D` under the name it had when it was only used dilated.
+
+    Identical behaviour; kept so that `.keras` files naming it load and code
+    importing it runs. New code uses `Conv2D`.
+    """
+
+
+# Keras keys a layer's weights in `.weights.h5` / `.keras` files on the
+# snake-cased Python class name and its rank among the model's layers of that
+# name (`dilated_conv2d_3/vars/0`), not on the layer's name. Every convolution
+# that is a `Conv2D` now was a `DilatedConv2D` before, so `Conv2D` keeps that
+# class name: weight files saved before the rename load into models built
+# after it, and the reverse. (Its unnamed instances are also still called
+# `dilated_conv2d_N`.) The registered names above stay distinct.
+Conv2D.__name__ = Conv2D.__qualname__ = "DilatedConv2D"

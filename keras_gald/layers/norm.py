@@ -8,9 +8,8 @@ under a `tf.distribute` strategy, via `SyncBatchNormalization`.
 """
 
 import keras
-import tensorflow as tf
 
-from keras_gald.ops.portable import gpu_visible
+from keras_gald.ops import norm as norm_ops
 
 BN_EPSILON = 1e-5
 BN_MOMENTUM = 0.9
@@ -40,75 +39,48 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
 
     Masks, renorm and inputs that are not `(N, H, W, C)` normalised over
     `N, H, W` take Keras' own path, and so do float64 inputs (the kernel
-    computes in float32, as Keras does for float16/bfloat16 inputs).
+    computes in float32, as Keras does for float16/bfloat16 inputs). The
+    fused kernel is TensorFlow's (`keras_gald.ops.norm`): on JAX and other
+    backends this layer is Keras' BatchNormalization (XLA fuses its ops).
 
     Input shape: any; output shape: the input shape.
 
     Example:
     >>> bn = FusedBatchNormalization(epsilon=1e-5, momentum=0.9)
-    >>> bn(tf.ones((2, 4, 4, 8)), training=True).shape
-    TensorShape([2, 4, 4, 8])
+    >>> tuple(bn(keras.ops.ones((2, 4, 4, 8)), training=True).shape)
+    (2, 4, 4, 8)
     """
 
     def _fusable(self, inputs, mask):
-        return (
-            mask is None
-            and not self.renorm
-            and keras.backend.backend() == "tensorflow"
-            and len(inputs.shape) == 4
-            and list(self._reduction_axes) == [0, 1, 2]
-            # The kernel computes in float32: float64 keeps Keras' float64 path.
-            and tf.as_dtype(inputs.dtype) in (tf.float16, tf.bfloat16, tf.float32)
-        )
+        # TF only: on other backends this is Keras' own BatchNormalization.
+        return mask is None and not self.renorm and norm_ops.fusable(inputs, self._reduction_axes)
 
-    def _kernel_dtype(self):
-        # The kernel reads half-precision inputs itself (float32 statistics
-        # inside), which saves a cast in and out of every BN. bfloat16 is
-        # only known to run on TF's CPU kernels: with a GPU visible it is cast.
-        dtype = tf.as_dtype(self.compute_dtype)
-        if dtype == tf.bfloat16 and gpu_visible():
-            return tf.float32
-        return dtype
-
-    def _affine(self, channels):
-        gamma = tf.cast(self.gamma, "float32") if self.scale else tf.ones([channels])
-        beta = tf.cast(self.beta, "float32") if self.center else tf.zeros([channels])
-        return gamma, beta
+    def _affine(self):
+        return (self.gamma if self.scale else None), (self.beta if self.center else None)
 
     def call(self, inputs, training=None, mask=None):
         if not self._fusable(inputs, mask):
             return super().call(inputs, training=training, mask=mask)
+        gamma, beta = self._affine()
+        dtypes = dict(dtype=norm_ops.kernel_dtype(self.compute_dtype),
+                      compute_dtype=self.compute_dtype)
         if not (training and self.trainable):
-            return self._fused_inference(inputs)
-        x = tf.cast(inputs, self._kernel_dtype())
-        gamma, beta = self._affine(x.shape[-1])
-        y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
-            x, gamma, beta, epsilon=self.epsilon, is_training=True
-        )[:3]
-        # The kernel returns the Bessel-corrected variance; Keras' moving
-        # average uses the biased one (with one value per channel both are 0).
-        count = tf.cast(tf.reduce_prod(tf.shape(x)[:3]), "float32")
-        variance = variance * (count - 1.0) / tf.maximum(count, 1.0)
+            return norm_ops.fused_batch_norm(
+                inputs, gamma, beta, self.epsilon,
+                mean=self.moving_mean, variance=self.moving_variance, **dtypes,
+            )
+        y, mean, variance = norm_ops.fused_batch_norm(inputs, gamma, beta, self.epsilon, **dtypes)
+        # Keras' moving average, with the batch's biased variance.
         momentum = self.momentum
         self.moving_mean.assign(
-            self.moving_mean * momentum + tf.cast(mean, self.moving_mean.dtype) * (1.0 - momentum)
+            self.moving_mean * momentum
+            + keras.ops.cast(mean, self.moving_mean.dtype) * (1.0 - momentum)
         )
         self.moving_variance.assign(
             self.moving_variance * momentum
-            + tf.cast(variance, self.moving_variance.dtype) * (1.0 - momentum)
+            + keras.ops.cast(variance, self.moving_variance.dtype) * (1.0 - momentum)
         )
-        return tf.cast(y, self.compute_dtype)
-
-    def _fused_inference(self, inputs):
-        x = tf.cast(inputs, self._kernel_dtype())
-        gamma, beta = self._affine(x.shape[-1])
-        y = tf.compat.v1.nn.fused_batch_norm(
-            x, gamma, beta,
-            mean=tf.cast(self.moving_mean, "float32"),
-            variance=tf.cast(self.moving_variance, "float32"),
-            epsilon=self.epsilon, is_training=False,
-        )[0]
-        return tf.cast(y, self.compute_dtype)
+        return y
 
 
 @keras.saving.register_keras_serializable(package="keras_gald", name="SyncBatchNormalization")
@@ -125,43 +97,39 @@ class SyncBatchNormalization(FusedBatchNormalization):
     `tf.nn.moments` on the global batch up to summation order.
 
     Outside a replica context, or with one replica, it is exactly
-    `FusedBatchNormalization`. Args, shapes and weights are those of
-    `keras.layers.BatchNormalization` (`synchronized` is always True).
+    `FusedBatchNormalization`. Cross-replica statistics are TensorFlow-only
+    (`tf.distribute`, kernels in `keras_gald.ops.norm`): on JAX, where a model
+    runs on one device, it is plain `FusedBatchNormalization` (Keras'
+    BatchNormalization there), with the same config (`synchronized: True`).
+    Args, shapes and weights are those of `keras.layers.BatchNormalization`
+    (`synchronized` is always True).
 
     Example:
     >>> bn = SyncBatchNormalization(epsilon=1e-5, momentum=0.9)
-    >>> bn(tf.ones((2, 4, 4, 8)), training=True).shape
-    TensorShape([2, 4, 4, 8])
+    >>> tuple(bn(keras.ops.ones((2, 4, 4, 8)), training=True).shape)
+    (2, 4, 4, 8)
     """
 
     def __init__(self, **kwargs):
-        kwargs["synchronized"] = True
+        # Keras refuses synchronized=True off TensorFlow; there this layer is
+        # plain BatchNorm (`_moments` never reads the flag), and its config
+        # still says synchronized, as on TensorFlow.
+        kwargs["synchronized"] = keras.backend.backend() == "tensorflow"
         super().__init__(**kwargs)
+        self.synchronized = True
 
     def call(self, inputs, training=None, mask=None):
-        replica = tf.distribute.get_replica_context()
-        if training and self.trainable and replica is not None and (
-            replica.num_replicas_in_sync > 1
-        ):
+        if training and self.trainable and norm_ops.replicas_in_sync() > 1:
+            # Keras' BatchNormalization, with the global moments of `_moments`.
             return keras.layers.BatchNormalization.call(self, inputs, training=training, mask=mask)
         return super().call(inputs, training=training, mask=mask)
 
     def _moments(self, inputs, mask):
-        replica = tf.distribute.get_replica_context()
-        if mask is not None or replica is None or replica.num_replicas_in_sync == 1:
-            if mask is None:
-                return tf.nn.moments(inputs, axes=self._reduction_axes)
-            return super()._moments(inputs, mask)
-        axes = self._reduction_axes
-        local_count = tf.cast(tf.reduce_prod(tf.gather(tf.shape(inputs), axes)), inputs.dtype)
-        count = replica.all_reduce(tf.distribute.ReduceOp.SUM, local_count)
-        total = replica.all_reduce(tf.distribute.ReduceOp.SUM,
-                                   tf.reduce_sum(inputs, axis=axes, keepdims=True))
-        mean = tf.math.divide_no_nan(total, count)  # keepdims: broadcasts for any `axis`
-        squares = replica.all_reduce(
-            tf.distribute.ReduceOp.SUM, tf.reduce_sum(tf.square(inputs - mean), axis=axes)
-        )
-        return tf.squeeze(mean, axes), tf.math.divide_no_nan(squares, count)
+        if mask is None and norm_ops.replicas_in_sync() > 1:
+            return norm_ops.cross_replica_moments(inputs, self._reduction_axes)
+        if mask is None:
+            return norm_ops.moments(inputs, self._reduction_axes)
+        return super()._moments(inputs, mask)
 
 
 # Keras names a layer's entry in `.weights.h5` / `.keras` files after the Python class

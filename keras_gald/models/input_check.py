@@ -1,7 +1,8 @@
 """Input validation that names the problem instead of failing deep inside a conv."""
 
 import keras
-import tensorflow as tf
+
+from keras_gald.ops.assertions import assert_min_spatial_size
 
 
 @keras.saving.register_keras_serializable(package="keras_gald")
@@ -9,7 +10,8 @@ class InputCheck(keras.layers.Layer):
     """Identity layer that checks image channels and minimum spatial size.
 
     Static shapes are checked when the model is built or traced; dynamic sizes
-    are checked at run time with `tf.debugging` assertions.
+    (TensorFlow) are checked at run time by an assertion
+    (`keras_gald.ops.assertions.assert_min_spatial_size`).
 
     Args:
         channels: expected number of channels.
@@ -53,12 +55,7 @@ class InputCheck(keras.layers.Layer):
 
     def call(self, inputs):
         self._check_static(tuple(inputs.shape))
-        shape = tf.shape(inputs)
-        ok = tf.logical_and(shape[1] >= self.min_size, shape[2] >= self.min_size)
-        with tf.control_dependencies(
-            [tf.debugging.Assert(ok, [self._message("H", "W") + "; got H, W =", shape[1], shape[2]])]
-        ):
-            return tf.identity(inputs)
+        return assert_min_spatial_size(inputs, self.min_size, self._message("H", "W"))
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -1,4 +1,11 @@
-"""Convolution kernels on TF's fast dilated path.
+"""Convolution kernels: one entry point per backend, TF's fast dilated path.
+
+`conv2d` is what `keras_gald.layers.Conv2D` calls: it picks the kernel for
+a convolution's geometry. On JAX every convolution is
+`jax.lax.conv_general_dilated` (NHWC / HWIO): XLA has native dilated kernels,
+and lax differentiates them with dilation in both gradients, so JAX needs no
+hand-written gradient. Other backends take `keras.ops.conv`. Everything
+below this paragraph is the TensorFlow path.
 
 Stock `keras.layers.Conv2D(dilation_rate > 1)` lowers through
 `tf.nn.convolution`, which rewrites a dilated convolution as
@@ -42,6 +49,7 @@ The CPU fast paths below are switched and tuned by `keras_gald.ops.Policy`
   bf16 kernels (tests/layers/test_winograd.py).
 """
 
+import keras
 import tensorflow as tf
 
 from keras_gald.ops.portable import gpu_visible, inside_xla_cluster, may_use_xla
@@ -274,16 +282,26 @@ def dilated_conv2d(inputs, kernel, dilations, padding, method="auto"):
             outside `portable_ops()` and outside a whole-function XLA compile
             (`jit_compile=True`), on machines without GPUs (eager calls and
             exports keep `tf.nn.conv2d`).
+            The methods are TensorFlow kernels: on JAX (and other backends)
+            every method computes the same numbers with
+            `lax.conv_general_dilated` (`keras.ops.conv`), after the same
+            argument checks.
 
     Returns:
         `(N, H', W', O)`, equal to `tf.nn.convolution` with the same arguments.
+
+    Example:
+    >>> x = keras.ops.ones((1, 9, 9, 2))
+    >>> dilated_conv2d(x, keras.ops.ones((3, 3, 2, 4)), (2, 2), "SAME").shape
+    TensorShape([1, 9, 9, 4])
     """
     rh, rw = int(dilations[0]), int(dilations[1])
     kh, kw = int(kernel.shape[0]), int(kernel.shape[1])
     padding = padding.upper()
     if method not in _METHODS:
         raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
-    inputs = tf.convert_to_tensor(inputs)
+    tensorflow = keras.backend.backend() == "tensorflow"
+    inputs = tf.convert_to_tensor(inputs) if tensorflow else keras.ops.convert_to_tensor(inputs)
     height, width = inputs.shape[1], inputs.shape[2]
     taps_ok = padding == "SAME" and height is not None and width is not None
     if method == "taps" and not taps_ok:
@@ -297,6 +315,8 @@ def dilated_conv2d(inputs, kernel, dilations, padding, method="auto"):
             f"static H, W; got kernel {tuple(kernel.shape)}, rates {(rh, rw)}, padding="
             f"{padding!r} and input shape {tuple(inputs.shape)}"
         )
+    if not tensorflow:
+        return _conv_other_backend(inputs, kernel, (1, 1), padding, (rh, rw))
     if method == "auto":
         # Not inside a whole-function XLA compile: XLA then constant-folds the
         # transforms for minutes (the R50 + ASPP + LDv2 XLA training step had
@@ -380,6 +400,9 @@ def pointwise_conv2d(inputs, kernel):
     `Conv2DBackpropFilter` run slower (`benchmarks/speed.py --sections
     train_layers`).
 
+    On JAX (and other backends) it is `lax.conv_general_dilated`
+    (`keras.ops.conv`), differentiated by autodiff.
+
     Args:
         inputs: `(N, H, W, C)`.
         kernel: `(1, 1, C, O)`.
@@ -387,6 +410,8 @@ def pointwise_conv2d(inputs, kernel):
     Returns:
         `(N, H, W, O)`.
     """
+    if keras.backend.backend() != "tensorflow":
+        return _conv_other_backend(inputs, kernel, (1, 1), "VALID", (1, 1))
     c_in, c_out = int(kernel.shape[2]), int(kernel.shape[3])
 
     @tf.custom_gradient
@@ -401,3 +426,92 @@ def pointwise_conv2d(inputs, kernel):
         return tf.nn.conv2d(x, k, strides=1, padding="VALID"), grad
 
     return conv(tf.convert_to_tensor(inputs), tf.identity(kernel))
+
+
+def _pair(value, what):
+    if isinstance(value, int):
+        return (value, value)
+    value = tuple(int(v) for v in value)
+    if len(value) != 2:
+        raise ValueError(f"{what} must be an int or a pair of ints, got {value!r}")
+    return value
+
+
+def _conv_other_backend(inputs, kernel, strides, padding, dilations):
+    """The convolution on JAX (lax) or another Keras backend (`keras.ops.conv`)."""
+    if keras.backend.backend() == "jax":
+        from jax import lax  # only JAX users import jax
+
+        return lax.conv_general_dilated(
+            keras.ops.convert_to_tensor(inputs),
+            keras.ops.convert_to_tensor(kernel),
+            window_strides=strides,
+            padding=padding,  # "SAME" pads as TF does (the extra row/column at the end)
+            rhs_dilation=dilations,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+    return keras.ops.conv(inputs, kernel, strides=strides, padding=padding.lower(),
+                          data_format="channels_last", dilation_rate=dilations)
+
+
+def conv2d(inputs, kernel, strides=1, padding="valid", dilation_rate=1):
+    """2-D convolution (NHWC, HWIO) on the fastest kernel for its geometry.
+
+    The entry point of `keras_gald.layers.Conv2D`. On TensorFlow it picks:
+
+    - dilated, odd kernel (or `"valid"`): `dilated_conv2d` (native dilated
+      kernels, hand-written gradient; taps / Winograd where they pay);
+    - dilated, even kernel with `"same"`: `keras.ops.conv` (TF then pads
+      asymmetrically itself);
+    - odd k x k (k > 1), stride 1: `dilated_conv2d` at rate 1 (same forward
+      as `tf.nn.conv2d`; its gradient beats TF's CPU backprop kernels,
+      `benchmarks/speed.py --sections dilated_conv`);
+    - 1x1, stride 1: `pointwise_conv2d` (matmul gradients);
+    - anything else (strided): `tf.nn.conv2d`.
+
+    On JAX it is `lax.conv_general_dilated` for every geometry (autodiff
+    gradients); on other backends `keras.ops.conv`.
+
+    Args:
+        inputs: `(N, H, W, C)`.
+        kernel: `(kh, kw, C, O)`.
+        strides: int or `(sh, sw)`; strides > 1 need `dilation_rate` 1.
+        padding: `"same"` or `"valid"` (either case); `"same"` pads as TF
+            does (any extra row/column at the bottom/right).
+        dilation_rate: int or `(rh, rw)`.
+
+    Returns:
+        `(N, H', W', O)`: `keras.ops.conv` with the same arguments, up to
+        float summation order.
+
+    Example:
+    >>> x = keras.ops.ones((1, 8, 8, 3))
+    >>> conv2d(x, keras.ops.ones((3, 3, 3, 5)), strides=2, padding="same").shape
+    TensorShape([1, 4, 4, 5])
+    """
+    strides = _pair(strides, "strides")
+    dilations = _pair(dilation_rate, "dilation_rate")
+    padding = padding.upper()
+    if padding not in ("SAME", "VALID"):
+        raise ValueError(f'padding must be "same" or "valid", got {padding.lower()!r}')
+    dilated = any(r > 1 for r in dilations)
+    if dilated and any(s > 1 for s in strides):
+        raise ValueError(
+            f"strides > 1 are not supported with dilation_rate > 1; got strides={strides} "
+            f"and dilation_rate={dilations}"
+        )
+    if keras.backend.backend() != "tensorflow":
+        return _conv_other_backend(inputs, kernel, strides, padding, dilations)
+    kernel_size = (int(kernel.shape[0]), int(kernel.shape[1]))
+    odd = all(k % 2 == 1 for k in kernel_size)
+    unit_stride = strides == (1, 1)
+    if dilated and (odd or padding == "VALID"):
+        return dilated_conv2d(inputs, kernel, dilations, padding)
+    if dilated:  # even kernel with "same": let TF handle the asymmetric pad
+        return keras.ops.conv(inputs, kernel, strides=list(strides), padding=padding.lower(),
+                              dilation_rate=dilations, data_format="channels_last")
+    if odd and max(kernel_size) > 1 and unit_stride:
+        return dilated_conv2d(inputs, kernel, (1, 1), padding)
+    if kernel_size == (1, 1) and unit_stride:
+        return pointwise_conv2d(inputs, kernel)
+    return tf.nn.conv2d(inputs, kernel, strides=[1, *strides, 1], padding=padding)

@@ -17,7 +17,8 @@ from keras_gald.backbones import (
     backbone_channels,
     build_resnet,
 )
-from keras_gald.layers.conv import DilatedConv2D
+from keras_gald.backbones import resnet as resnet_module
+from keras_gald.layers.conv import Conv2D
 
 TINY = "resnet_tiny"
 
@@ -274,7 +275,7 @@ def test_stride_dilation_layout(output_stride, strides, base):
                 assert model.get_layer(f"layer{stage}_block{b}_pad2").padding == ((1, 1), (1, 1))
     for layer in model.layers:
         if isinstance(layer, keras.layers.Conv2D):
-            assert isinstance(layer, DilatedConv2D), layer.name
+            assert isinstance(layer, Conv2D), layer.name
             assert not layer.use_bias, layer.name
             assert not (layer.strides != (1, 1) and layer.padding == "same"), layer.name
         if isinstance(layer, keras.layers.BatchNormalization):
@@ -393,7 +394,7 @@ def test_keras_serialization_round_trip(tmp_path):
         np.testing.assert_array_equal(a.numpy(), e.numpy())
     assert isinstance(loaded.get_layer("stem_pool"), TorchMaxPool2D)
     assert loaded.get_layer("stem_pool").ceil_mode
-    assert isinstance(loaded.get_layer("layer4_block0_conv2"), DilatedConv2D)
+    assert isinstance(loaded.get_layer("layer4_block0_conv2"), Conv2D)
     clone = keras.Model.from_config(model.get_config())
     assert [tuple(o.shape) for o in clone(x)] == [tuple(o.shape) for o in expected]
 
@@ -460,3 +461,33 @@ def test_mixed_bfloat16_policy():
     assert tuple(s4.shape) == (1, 5, 6, 128)
     assert model.get_layer("stem_pool").compute_dtype == "bfloat16"
     assert np.all(np.isfinite(tf.cast(s4, tf.float32).numpy()))
+
+
+@pytest.mark.jax
+def test_tiny_forward_on_every_backend(monkeypatch):
+    # The whole backbone through keras_gald.ops on the running backend (lax on JAX).
+    # Zero-initialised kernels, then random weights set from NumPy: on JAX each random
+    # initialiser is an XLA compile per weight shape (about 40 s for the 19 convs on a
+    # busy 2-core machine), which this test does not need.
+    monkeypatch.setattr(resnet_module, "_kernel_initializer", lambda: "zeros")
+    model = build_resnet(TINY, output_stride=8, multi_grid=(1, 2, 4))
+    rng = np.random.default_rng(10)
+    model.set_weights([rng.normal(0, np.sqrt(2 / np.prod(w.shape[:-1])), w.shape)
+                       if len(w.shape) == 4 else w for w in model.get_weights()])
+    randomize_bn(model)
+    x = np.random.default_rng(9).normal(size=(1, 33, 41, 3)).astype("float32")
+    if keras.backend.backend() == "jax":
+        import jax
+
+        forward = jax.jit(lambda *state: model.stateless_call(*state, training=False)[0])
+        outputs = forward([v.value for v in model.trainable_variables],
+                          [v.value for v in model.non_trainable_variables], x)
+    else:
+        outputs = model(x, training=False)
+    expected = np_resnet(model, x, "deep", BACKBONES[TINY].blocks, (1, 2, 1, 1),
+                         ((1,), (1,), (2,), (4,)))
+    for actual, ref in zip(outputs, expected):
+        actual = keras.ops.convert_to_numpy(actual)
+        assert actual.shape == ref.shape
+        err = np.abs(actual - ref).max()
+        assert err <= 1e-4 * np.abs(ref).max(), err

@@ -1,4 +1,5 @@
-"""DilatedConv2D: same outputs and gradients as Keras' Conv2D, with and without XLA."""
+"""Conv2D (and its former name DilatedConv2D): same outputs and gradients as Keras' Conv2D,
+with and without XLA; weight files from before the rename."""
 
 import keras
 import numpy as np
@@ -7,7 +8,7 @@ import tensorflow as tf
 
 from keras_gald.ops import conv as conv_module
 from keras_gald.ops import Policy
-from keras_gald.layers.conv import DilatedConv2D
+from keras_gald.layers.conv import Conv2D, DilatedConv2D
 from keras_gald.ops.conv import (
     dilated_conv2d,
     pointwise_conv2d,
@@ -192,7 +193,7 @@ def test_taps_errors():
 def test_layer_matches_keras_conv2d(kernel_size, rate, padding, strides):
     x = tf.constant(random_input((2, 15, 21, 4), seed=1))
     kwargs = dict(padding=padding, dilation_rate=rate, strides=strides)
-    ours = DilatedConv2D(6, kernel_size, **kwargs)
+    ours = Conv2D(6, kernel_size, **kwargs)
     ref = keras.layers.Conv2D(6, kernel_size, **kwargs)
     ours.build(x.shape)
     ref.build(x.shape)
@@ -234,3 +235,78 @@ def test_bfloat16(kernel_size, rate):
     for g, g_ref in zip(grads, tape.gradient(loss_ref, ref.trainable_weights)):
         assert g.dtype == tf.float32
         np.testing.assert_allclose(g, g_ref, rtol=0.05, atol=0.05 * float(tf.reduce_max(tf.abs(g_ref))))
+
+
+def numpy_conv_same_or_valid(x, k, stride, padding, rate):
+    """Float64 conv with TF's padding ("same": any odd row/column at the end)."""
+    x, k = np.asarray(x, np.float64), np.asarray(k, np.float64)
+    kh, kw = k.shape[:2]
+    pads = []
+    for n, kk in zip(x.shape[1:3], (kh, kw)):
+        out = -(-n // stride)
+        total = max((out - 1) * stride + (kk - 1) * rate + 1 - n, 0) if padding == "same" else 0
+        pads.append((total // 2, total - total // 2))
+    xp = np.pad(x, [(0, 0), *pads, (0, 0)])
+    oh = (xp.shape[1] - (kh - 1) * rate - 1) // stride + 1
+    ow = (xp.shape[2] - (kw - 1) * rate - 1) // stride + 1
+    return sum(
+        xp[:, i * rate:i * rate + (oh - 1) * stride + 1:stride,
+           j * rate:j * rate + (ow - 1) * stride + 1:stride] @ k[i, j]
+        for i in range(kh) for j in range(kw)
+    )
+
+
+@pytest.mark.jax
+@pytest.mark.parametrize(
+    "cls,kernel_size,rate,padding,stride",
+    [(Conv2D, 3, 2, "same", 1), (Conv2D, 3, 1, "same", 2), (DilatedConv2D, 1, 1, "valid", 1)],
+    ids=["dilated", "strided", "pointwise_old_name"],
+)
+def test_layer_matches_float64_on_every_backend(cls, kernel_size, rate, padding, stride):
+    x = random_input((1, 9, 10, 3), seed=6)
+    layer = cls(4, kernel_size, padding=padding, dilation_rate=rate, strides=stride)
+    y = keras.ops.convert_to_numpy(layer(x))
+    kernel, bias = (np.asarray(keras.ops.convert_to_numpy(w), np.float64) for w in layer.weights)
+    expected = numpy_conv_same_or_valid(x, kernel, stride, padding, rate) + bias
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.jax
+def test_registered_names_and_round_trip(tmp_path):
+    assert keras.saving.get_registered_name(Conv2D) == "keras_gald>Conv2D"
+    assert keras.saving.get_registered_name(DilatedConv2D) == "keras_gald>DilatedConv2D"
+    assert issubclass(DilatedConv2D, Conv2D) and issubclass(Conv2D, keras.layers.Conv2D)
+    inputs = keras.Input((None, None, 3))
+    y = Conv2D(4, 3, padding="same", dilation_rate=2, name="new")(inputs)
+    y = DilatedConv2D(2, 1, name="old")(y)
+    model = keras.Model(inputs, y)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert type(loaded.get_layer("new")) is Conv2D
+    assert type(loaded.get_layer("old")) is DilatedConv2D
+    x = random_input((1, 7, 8, 3), seed=7)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(loaded(x)),
+                                  keras.ops.convert_to_numpy(model(x)))
+
+
+def _mixed_model(conv_class, seed):
+    # Keras' Conv2D between ours, as in the heads: weight files key convs on the
+    # class name and its rank among the model's layers of that name.
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((None, None, 3))
+    y = conv_class(4, 3, padding="same", dilation_rate=2)(inputs)
+    y = keras.layers.Conv2D(5, 1)(y)
+    y = conv_class(2, 3, padding="same")(y)
+    return keras.Model(inputs, y)
+
+
+@pytest.mark.jax
+def test_weight_files_saved_before_the_rename_load_into_conv2d_models(tmp_path):
+    old = _mixed_model(DilatedConv2D, seed=1)
+    new = _mixed_model(Conv2D, seed=2)
+    x = random_input((1, 6, 7, 3), seed=8)
+    old.save_weights(tmp_path / "old.weights.h5")
+    new.load_weights(tmp_path / "old.weights.h5")
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(new(x)),
+                                  keras.ops.convert_to_numpy(old(x)))
+    assert Conv2D(1, 1).name.startswith("dilated_conv2d")  # unnamed layers keep their names
