@@ -28,8 +28,13 @@ class ASPP(keras.layers.Layer):
        upsample to `H x W` (authors' `conv1`);
     2. 1x1 conv (authors' `conv2`);
     3. one 3x3 conv per rate in `dilation_rates` (authors' `conv3`..`conv5`),
-       `DilatedConv2D` with `"same"` padding (= PyTorch `padding=rate`).
+       `"same"` padding (= PyTorch `padding=rate`).
     Then concat -> 1x1 conv (`filters`) -> BN -> ReLU -> channel dropout.
+
+    Each conv -> BN -> ReLU is a `ConvBNReLU` on the library's `DilatedConv2D`
+    (native dilated kernels; 1x1 gradients as two matmuls), with the weights
+    of `keras.layers.Conv2D` under the historical names (`conv1_conv`,
+    `conv1_bn`, ..., `bottleneck_bn`).
 
     Args:
         filters: output channels (the authors' `out_features`).
