@@ -12,14 +12,11 @@ default); DeepLabv3 uses (6, 12, 18) at output stride 16.
 """
 
 import keras
-import tensorflow as tf
 
-from keras_gald.layers.conv import DilatedConv2D
-from keras_gald.layers.norm import batch_norm
+from keras_gald.layers.conv_bn_relu import ConvBNReLU
 from keras_gald.layers.validation import check_nhwc as _check_nhwc
+from keras_gald.ops.adaptive_pool import adaptive_average_pool2d
 from keras_gald.ops.resize import resize_bilinear
-
-
 
 
 @keras.saving.register_keras_serializable(package="keras_gald")
@@ -31,8 +28,13 @@ class ASPP(keras.layers.Layer):
        upsample to `H x W` (authors' `conv1`);
     2. 1x1 conv (authors' `conv2`);
     3. one 3x3 conv per rate in `dilation_rates` (authors' `conv3`..`conv5`),
-       `DilatedConv2D` with `"same"` padding (= PyTorch `padding=rate`).
+       `"same"` padding (= PyTorch `padding=rate`).
     Then concat -> 1x1 conv (`filters`) -> BN -> ReLU -> channel dropout.
+
+    Each conv -> BN -> ReLU is a `ConvBNReLU` on the library's `DilatedConv2D`
+    (native dilated kernels; 1x1 gradients as two matmuls), with the weights
+    of `keras.layers.Conv2D` under the historical names (`conv1_conv`,
+    `conv1_bn`, ..., `bottleneck_bn`).
 
     Args:
         filters: output channels (the authors' `out_features`).
@@ -83,37 +85,23 @@ class ASPP(keras.layers.Layer):
         self.align_corners = bool(align_corners)
         self.sync_bn = bool(sync_bn)
 
+        # The authors' Sequentials, under their Keras names (`<name>_conv`,
+        # `<name>_bn`): conv1 = image pooling (1x1 conv on the pooled vector),
+        # conv2 = 1x1, conv3.. = 3x3 at each rate, bottleneck = 1x1 projection.
+        branch = dict(sync_bn=self.sync_bn, dtype=self.dtype_policy)
         width = self.branch_width
-        policy = self.dtype_policy
-
-        def bn(name):
-            return batch_norm(name=name, synchronized=self.sync_bn, dtype=policy)
-
-        # Authors' conv1 = (AdaptiveAvgPool2d(1), conv, BN): image pooling.
-        self.conv1_conv = keras.layers.Conv2D(
-            width, 1, use_bias=False, name="conv1_conv", dtype=policy
-        )
-        self.conv1_bn = bn("conv1_bn")
-        # Authors' conv2 = (1x1 conv, BN).
-        self.conv2_conv = keras.layers.Conv2D(
-            width, 1, use_bias=False, name="conv2_conv", dtype=policy
-        )
-        self.conv2_bn = bn("conv2_bn")
-        # Authors' conv3, conv4, conv5 = (3x3 dilated conv, BN).
-        self.atrous_convs = [
-            DilatedConv2D(
-                width, 3, padding="same", dilation_rate=rate, use_bias=False,
-                name=f"conv{3 + i}_conv", dtype=policy,
-            )
+        self.image_pool = ConvBNReLU(width, 1, name="conv1", owner=self, **branch)
+        self.pointwise = ConvBNReLU(width, 1, name="conv2", owner=self, **branch)
+        self.atrous = [
+            ConvBNReLU(width, 3, name=f"conv{3 + i}", dilation_rate=rate, **branch)
             for i, rate in enumerate(rates)
         ]
-        self.atrous_bns = [bn(f"conv{3 + i}_bn") for i in range(len(rates))]
-        self.bottleneck_conv = keras.layers.Conv2D(
-            self.filters, 1, use_bias=False, name="bottleneck_conv", dtype=policy
-        )
-        self.bottleneck_bn = bn("bottleneck_bn")
+        # Lists, as before: Keras saves list items by class name and position.
+        self.atrous_convs = [block.conv for block in self.atrous]
+        self.atrous_bns = [block.bn for block in self.atrous]
+        self.bottleneck = ConvBNReLU(self.filters, 1, name="bottleneck", owner=self, **branch)
         self.dropout_layer = keras.layers.SpatialDropout2D(
-            self.dropout, name="dropout", dtype=policy
+            self.dropout, name="dropout", dtype=self.dtype_policy
         )
 
     @property
@@ -123,27 +111,20 @@ class ASPP(keras.layers.Layer):
 
     def build(self, input_shape):
         n, h, w, c = _check_nhwc(self, input_shape)
-        width = self.branch_width
-        self.conv1_conv.build((n, 1, 1, c))
-        self.conv1_bn.build((n, 1, 1, width))
-        for conv, bn in [(self.conv2_conv, self.conv2_bn), *zip(self.atrous_convs, self.atrous_bns)]:
-            conv.build((n, h, w, c))
-            bn.build((n, h, w, width))
-        self.bottleneck_conv.build((n, h, w, (2 + len(self.dilation_rates)) * width))
-        self.bottleneck_bn.build((n, h, w, self.filters))
+        self.image_pool.build((n, 1, 1, c))
+        for block in (self.pointwise, *self.atrous):
+            block.build((n, h, w, c))
+        self.bottleneck.build((n, h, w, (2 + len(self.atrous)) * self.branch_width))
         self.dropout_layer.build((n, h, w, self.filters))
         self.built = True
 
     def call(self, inputs, training=None):
-        shape = tf.shape(inputs)
-        pooled = tf.reduce_mean(tf.cast(inputs, tf.float32), axis=[1, 2], keepdims=True)
-        pooled = tf.cast(pooled, inputs.dtype)
-        pooled = tf.nn.relu(self.conv1_bn(self.conv1_conv(pooled), training=training))
-        branches = [resize_bilinear(pooled, (shape[1], shape[2]), self.align_corners)]
-        for conv, bn in [(self.conv2_conv, self.conv2_bn), *zip(self.atrous_convs, self.atrous_bns)]:
-            branches.append(tf.nn.relu(bn(conv(inputs), training=training)))
-        y = tf.concat(branches, axis=-1)
-        y = tf.nn.relu(self.bottleneck_bn(self.bottleneck_conv(y), training=training))
+        _, h, w, _ = keras.ops.shape(inputs)
+        # Image pooling: a global average, projected, broadcast back to H x W.
+        pooled = self.image_pool(adaptive_average_pool2d(inputs, 1), training=training)
+        branches = [resize_bilinear(pooled, (h, w), self.align_corners)]
+        branches += [block(inputs, training=training) for block in (self.pointwise, *self.atrous)]
+        y = self.bottleneck(keras.ops.concatenate(branches, axis=-1), training=training)
         return self.dropout_layer(y, training=training)
 
     def compute_output_shape(self, input_shape):

@@ -6,7 +6,8 @@ variant, where each channel group collapses to a single scalar affinity.
 """
 
 import keras
-import tensorflow as tf
+
+from keras_gald.layers.conv import DilatedConv2D
 
 GN_EPSILON = 1e-5
 
@@ -63,9 +64,9 @@ class CGNL(keras.layers.Layer):
                 f"CGNL: planes ({self.planes}) must be divisible by groups ({self.groups})"
             )
         conv_kwargs = dict(kernel_size=1, use_bias=False, dtype=self.dtype_policy)
-        self.t = keras.layers.Conv2D(self.planes, name="t", **conv_kwargs)
-        self.p = keras.layers.Conv2D(self.planes, name="p", **conv_kwargs)
-        self.g = keras.layers.Conv2D(self.planes, name="g", **conv_kwargs)
+        self.t = DilatedConv2D(self.planes, name="t", **conv_kwargs)
+        self.p = DilatedConv2D(self.planes, name="p", **conv_kwargs)
+        self.g = DilatedConv2D(self.planes, name="g", **conv_kwargs)
         # `z` and `gn` depend on the input channels: created in `build`.
         self.z = None
         self.gn = None
@@ -98,21 +99,22 @@ class CGNL(keras.layers.Layer):
 
     def _aggregate(self, x):
         """Returns the concatenated group outputs `att * t` (before `z`)."""
-        t = self.t(x)
-        p = self.p(x)
-        g = self.g(x)
-        shape = tf.shape(t)
-        n, h, w = shape[0], shape[1], shape[2]
+        t, p, g = self.t(x), self.p(x), self.g(x)
+        n, h, w, _ = keras.ops.shape(t)
         c = self.planes // self.groups
-        # (N, H, W, planes) -> (N, H, W, groups, c): contiguous channel groups,
-        # the same split as PyTorch's `torch.split(t, c, dim=1)`.
-        grouped = lambda v: tf.reshape(tf.cast(v, tf.float32), (n, h, w, self.groups, c))
-        att = tf.reduce_sum(grouped(p) * grouped(g), axis=(1, 2, 4))  # (N, groups)
+
+        def grouped(v):
+            # (N, H, W, planes) -> (N, H, W, groups, c): contiguous channel
+            # groups, PyTorch's `torch.split(t, c, dim=1)`.
+            return keras.ops.reshape(keras.ops.cast(v, "float32"), (n, h, w, self.groups, c))
+
+        # One scalar affinity per sample and group: sum over h, w, c of p * g.
+        att = keras.ops.sum(grouped(p) * grouped(g), axis=(1, 2, 4))  # (N, groups)
         if self.use_scale:
-            att = att / tf.sqrt(tf.cast(c * h * w, tf.float32))
+            att = att / keras.ops.sqrt(keras.ops.cast(c * h * w, "float32"))
         out = grouped(t) * att[:, None, None, :, None]
-        out = tf.reshape(out, (n, h, w, self.planes))
-        return tf.cast(out, self.compute_dtype)
+        out = keras.ops.reshape(out, (n, h, w, self.planes))
+        return keras.ops.cast(out, self.compute_dtype)
 
     def _grouped_pointwise(self, y):
         """`self.z(y)` written as one batched matmul over the groups.
@@ -121,21 +123,21 @@ class CGNL(keras.layers.Layer):
         function that tf2onnx cannot convert; a batched matmul with the same
         kernel (contiguous groups, like PyTorch) exports everywhere.
         """
-        shape = tf.shape(y)
-        n, h, w = shape[0], shape[1], shape[2]
+        n, h, w, _ = keras.ops.shape(y)
         groups, c = self.groups, self.planes // self.groups
         out_per_group = self.z.filters // groups
-        kernel = tf.cast(self.z.kernel, y.dtype)  # (1, 1, c, groups * out_per_group)
-        kernel = tf.transpose(tf.reshape(kernel, (c, groups, out_per_group)), (1, 0, 2))
-        y = tf.transpose(tf.reshape(y, (-1, groups, c)), (1, 0, 2))  # (groups, NHW, c)
-        out = tf.matmul(y, kernel)  # (groups, NHW, out_per_group)
-        out = tf.transpose(out, (1, 0, 2))
-        return tf.reshape(out, (n, h, w, self.z.filters))
+        kernel = keras.ops.cast(self.z.kernel, y.dtype)  # (1, 1, c, groups * out_per_group)
+        kernel = keras.ops.transpose(
+            keras.ops.reshape(kernel, (c, groups, out_per_group)), (1, 0, 2)
+        )  # (groups, c, out_per_group)
+        y = keras.ops.transpose(keras.ops.reshape(y, (-1, groups, c)), (1, 0, 2))  # (groups, NHW, c)
+        out = keras.ops.matmul(y, kernel)  # (groups, NHW, out_per_group)
+        out = keras.ops.transpose(out, (1, 0, 2))
+        return keras.ops.reshape(out, (n, h, w, self.z.filters))
 
     def call(self, inputs):
         y = self._aggregate(inputs)
-        y = self.gn(self._grouped_pointwise(y))
-        return y + inputs
+        return inputs + self.gn(self._grouped_pointwise(y))
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)

@@ -1,11 +1,10 @@
 """The GALD authors' `GALDBlock` (v1): downsample -> CGNL -> upsample -> LDv1."""
 
 import keras
-import tensorflow as tf
 
 from keras_gald.layers.cgnl import CGNL
+from keras_gald.layers.conv_bn_relu import ConvBNReLU
 from keras_gald.layers.ldv1 import AUTHORS_LDV1_OPTIONS, LDv1
-from keras_gald.layers.norm import batch_norm
 from keras_gald.ops.resize import resize_bilinear
 
 DOWN_PADDINGS = ("valid", "symmetric")
@@ -84,11 +83,12 @@ class GALDBlockV1(keras.layers.Layer):
         self.ld_mask_activation = ld_mask_activation
         self.ld_align_corners = bool(ld_align_corners)
         self.sync_bn = bool(sync_bn)
-        # Authors' `down` = Sequential(conv, BN, ReLU).
-        self.down_conv = keras.layers.DepthwiseConv2D(
-            3, strides=2, padding="valid", use_bias=True, dtype=self.dtype_policy, name="down_conv"
+        # Authors' `down` = Sequential(depthwise 3x3 conv, stride 2, BN, ReLU);
+        # "symmetric" zero-pads the input by 1 first (`_global`).
+        self.down = ConvBNReLU(
+            None, 3, name="down", owner=self, strides=2, padding="valid", use_bias=True,
+            depthwise=True, sync_bn=self.sync_bn, dtype=self.dtype_policy,
         )
-        self.down_bn = batch_norm(name="down_bn", synchronized=self.sync_bn, dtype=self.dtype_policy)
         self.long_relation = CGNL(
             self.planes,
             groups=self.groups,
@@ -122,22 +122,19 @@ class GALDBlockV1(keras.layers.Layer):
     def build(self, input_shape):
         input_shape = tuple(input_shape)
         padded = self._down_shape(input_shape)
-        self.down_conv.build(padded)
-        down_shape = self.down_conv.compute_output_shape(padded)
-        self.down_bn.build(down_shape)
+        down_shape = self.down.build(padded)
         self.long_relation.build(down_shape)
         self.local_attention.build(input_shape)
         self.built = True
 
     def _global(self, x, training=None):
         """`u`: down -> CGNL -> upsample to the input size."""
-        shape = tf.shape(x)
+        _, h, w, _ = keras.ops.shape(x)
         y = x
         if self.down_padding == "symmetric":
-            y = tf.pad(y, [[0, 0], [1, 1], [1, 1], [0, 0]])
-        y = tf.nn.relu(self.down_bn(self.down_conv(y), training=training))
-        y = self.long_relation(y)
-        return resize_bilinear(y, (shape[1], shape[2]), self.align_corners)
+            y = keras.ops.pad(y, ((0, 0), (1, 1), (1, 1), (0, 0)))
+        y = self.long_relation(self.down(y, training=training))
+        return resize_bilinear(y, (h, w), self.align_corners)
 
     def call(self, inputs, training=None):
         u = self._global(inputs, training=training)
@@ -145,9 +142,7 @@ class GALDBlockV1(keras.layers.Layer):
 
     def compute_mask_map(self, inputs, training=None):
         """Returns the LDv1 mask `M` the block applies to its input `inputs`."""
-        x = tf.convert_to_tensor(inputs)
-        if x.dtype.name != self.compute_dtype:
-            x = tf.cast(x, self.compute_dtype)
+        x = keras.ops.cast(keras.ops.convert_to_tensor(inputs), self.compute_dtype)
         if not self.built:
             self.build(tuple(x.shape))
         u = self._global(x, training=training)

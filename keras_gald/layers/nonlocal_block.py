@@ -13,9 +13,10 @@ two agree.
 """
 
 import keras
-import tensorflow as tf
 
-from keras_gald.layers.norm import batch_norm
+from keras_gald.layers.conv import DilatedConv2D
+from keras_gald.layers.conv_bn_relu import ConvBNReLU
+from keras_gald.layers.validation import check_nhwc as _check_nhwc
 
 
 @keras.saving.register_keras_serializable(package="keras_gald")
@@ -59,56 +60,44 @@ class NonLocal(keras.layers.Layer):
         return max(channels // 2, 1)
 
     def build(self, input_shape):
-        input_shape = tuple(input_shape)
-        if len(input_shape) != 4:
-            raise ValueError(
-                f"NonLocal expects a 4D NHWC input (N, H, W, C), got shape {input_shape}"
-            )
-        n, h, w, c = input_shape
-        if c is None:
-            raise ValueError(f"NonLocal needs a known channel dimension, got shape {input_shape}")
+        n, h, w, c = _check_nhwc(self, input_shape)
         inter = self._inter(c)
         policy = self.dtype_policy
-        self.theta = keras.layers.Conv2D(inter, 1, name="theta", dtype=policy)
-        self.phi = keras.layers.Conv2D(inter, 1, name="phi", dtype=policy)
-        self.g = keras.layers.Conv2D(inter, 1, name="g", dtype=policy)
+        # 1x1 embeddings (Wang et al. keep their biases).
+        self.theta = DilatedConv2D(inter, 1, name="theta", dtype=policy)
+        self.phi = DilatedConv2D(inter, 1, name="phi", dtype=policy)
+        self.g = DilatedConv2D(inter, 1, name="g", dtype=policy)
         self.pool = keras.layers.MaxPooling2D(2, 2, padding="same", name="pool", dtype=policy)
-        self.w_conv = keras.layers.Conv2D(c, 1, use_bias=False, name="W_conv", dtype=policy)
-        self.w_bn = batch_norm(
-            name="W_bn", synchronized=self.sync_bn, dtype=policy, gamma_initializer="zeros"
+        # W: 1x1 conv + BN with gamma = 0, no ReLU (the block starts as identity).
+        self.w_block = ConvBNReLU(
+            c, 1, name="W", relu=False, gamma_initializer="zeros",
+            sync_bn=self.sync_bn, dtype=policy,
         )
+        self.w_conv, self.w_bn = self.w_block.conv, self.w_block.bn
         for conv in (self.theta, self.phi, self.g):
             conv.build((n, h, w, c))
-        self.w_conv.build((n, h, w, inter))
-        self.w_bn.build((n, h, w, c))
+        self.w_block.build((n, h, w, inter))
         self.built = True
 
     def call(self, inputs, training=None):
-        shape = tf.shape(inputs)
-        n, h, w = shape[0], shape[1], shape[2]
-        inter = self.theta.filters
-        theta = tf.reshape(self.theta(inputs), [n, h * w, inter])
-        phi = self.phi(inputs)
-        g = self.g(inputs)
-        if self.downsample:
-            phi = self.pool(phi)
-            g = self.pool(g)
-        phi = tf.reshape(phi, [n, -1, inter])
-        g = tf.reshape(g, [n, -1, inter])
-        logits = tf.matmul(theta, phi, transpose_b=True)  # (N, HW, HW')
-        attention = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
-        y = tf.matmul(tf.cast(attention, g.dtype), g)  # (N, HW, inter)
-        y = tf.reshape(y, [n, h, w, inter])
-        z = self.w_bn(self.w_conv(y), training=training)
-        return inputs + z
+        n, h, w, _ = keras.ops.shape(inputs)
+        theta = self.theta(inputs)
+        phi, g = self.phi(inputs), self.g(inputs)
+        if self.downsample:  # sub-sampling: attend to a 2x-pooled grid of keys
+            phi, g = self.pool(phi), self.pool(g)
+        inter = theta.shape[-1]
+        theta = keras.ops.reshape(theta, (n, h * w, inter))
+        phi = keras.ops.reshape(phi, (n, -1, inter))
+        g = keras.ops.reshape(g, (n, -1, inter))
+        # f(x_i, x_j) = softmax_j(theta_i . phi_j), in float32 (a sum over HW').
+        logits = keras.ops.matmul(theta, keras.ops.transpose(phi, (0, 2, 1)))
+        attention = keras.ops.softmax(keras.ops.cast(logits, "float32"), axis=-1)
+        y = keras.ops.matmul(keras.ops.cast(attention, g.dtype), g)  # (N, HW, inter)
+        y = keras.ops.reshape(y, (n, h, w, inter))
+        return inputs + self.w_block(y, training=training)
 
     def compute_output_shape(self, input_shape):
-        input_shape = tuple(input_shape)
-        if len(input_shape) != 4:
-            raise ValueError(
-                f"NonLocal expects a 4D NHWC input (N, H, W, C), got shape {input_shape}"
-            )
-        return input_shape
+        return _check_nhwc(self, input_shape)
 
     def get_config(self):
         config = super().get_config()

@@ -11,66 +11,18 @@ authors' code so their checkpoints load and reproduce their numbers:
 - the 3x3 bottleneck sees `concat([branch_1, ..., branch_k, input])`, i.e. the
   input comes *last* (paper figure: input first). Only weight loading cares.
 
-Adaptive average pooling is implemented here with PyTorch's bin edges
-(`start = floor(i * H / b)`, `end = ceil((i + 1) * H / b)`) as two small
-matrix products, so it works with dynamic H, W, in graph mode and under XLA,
-uses only ONNX-friendly ops (Range, comparisons, Einsum/MatMul) and has no
-cumulative-sum cancellation error (an integral image loses precision on large
-maps and is unusable in bfloat16).
+Adaptive average pooling with PyTorch's bins is the kernel
+`keras_gald.ops.adaptive_pool.adaptive_average_pool2d` (re-exported here).
 """
 
 import keras
-import tensorflow as tf
 
-from keras_gald.layers.norm import batch_norm
+from keras_gald.layers.conv_bn_relu import ConvBNReLU
 from keras_gald.layers.validation import check_nhwc as _check_nhwc
+from keras_gald.ops.adaptive_pool import adaptive_average_pool2d
 from keras_gald.ops.resize import resize_bilinear
 
-
-def _adaptive_pool_matrix(length, bins, dtype):
-    """`(bins, length)` matrix whose row i averages PyTorch's i-th adaptive bin."""
-    length = tf.cast(length, tf.int32)
-    index = tf.range(bins, dtype=tf.int32)
-    start = (index * length) // bins  # floor(i * L / b)
-    end = ((index + 1) * length + bins - 1) // bins  # ceil((i + 1) * L / b)
-    position = tf.range(length, dtype=tf.int32)
-    inside = (position[None, :] >= start[:, None]) & (position[None, :] < end[:, None])
-    counts = tf.cast(end - start, dtype)
-    return tf.cast(inside, dtype) / counts[:, None]
-
-
-def adaptive_average_pool2d(inputs, output_size):
-    """PyTorch `F.adaptive_avg_pool2d` for NHWC tensors with dynamic H, W.
-
-    Bin `(i, j)` averages rows `[floor(i*H/bh), ceil((i+1)*H/bh))` and columns
-    `[floor(j*W/bw), ceil((j+1)*W/bw))`; bins may overlap and every bin is
-    non-empty, so any `H, W >= 1` works, including sizes smaller than the
-    number of bins. Computed in float32 (the result keeps the input's dtype).
-
-    Args:
-        inputs: `(N, H, W, C)` float tensor.
-        output_size: `int` or `(bh, bw)` of Python ints.
-
-    Returns:
-        `(N, bh, bw, C)` tensor of the input's dtype.
-    """
-    if isinstance(output_size, int):
-        output_size = (output_size, output_size)
-    bins_h, bins_w = (int(b) for b in output_size)
-    if bins_h < 1 or bins_w < 1:
-        raise ValueError(f"output_size must be positive, got {output_size}")
-    dtype = inputs.dtype
-    x = tf.cast(inputs, tf.float32)
-    if bins_h == 1 and bins_w == 1:  # GlobalAveragePooling2D(keepdims=True)
-        return tf.cast(tf.reduce_mean(x, axis=[1, 2], keepdims=True), dtype)
-    shape = tf.shape(x)
-    pool_h = _adaptive_pool_matrix(shape[1], bins_h, tf.float32)
-    pool_w = _adaptive_pool_matrix(shape[2], bins_w, tf.float32)
-    x = tf.einsum("ih,nhwc->niwc", pool_h, x)
-    x = tf.einsum("jw,niwc->nijc", pool_w, x)
-    return tf.cast(x, dtype)
-
-
+__all__ = ["PSP", "adaptive_average_pool2d"]
 
 
 @keras.saving.register_keras_serializable(package="keras_gald")
@@ -82,6 +34,11 @@ class PSP(keras.layers.Layer):
     upsample to `H x W`. Then `concat([branch_1, ..., branch_k, input])` ->
     3x3 conv (`filters`, no bias) -> BN -> ReLU -> channel dropout
     (`SpatialDropout2D`, PyTorch's `Dropout2d`).
+
+    The bottleneck's 3x3 conv is the library's `DilatedConv2D` (its fast
+    kernels for wide 3x3 convs); the pyramid's 1x1 convs see `b x b` maps and
+    stay `keras.layers.Conv2D`. Weights keep their historical names
+    (`stages_{i}_conv`, `stages_{i}_bn`, `bottleneck_conv`, `bottleneck_bn`).
 
     Inputs smaller than the largest bin work (PyTorch's adaptive bins then
     overlap), down to 1x1.
@@ -141,25 +98,21 @@ class PSP(keras.layers.Layer):
             None if branch_activation is None else keras.activations.get(branch_activation)
         )
 
-        width = self.filters if self.branch_filters is None else self.branch_filters
-        policy = self.dtype_policy
-        # stages[i] = (AdaptiveAvgPool, conv, BN) in the authors' code.
-        self.stage_convs = [
-            keras.layers.Conv2D(width, 1, use_bias=False, name=f"stages_{i}_conv", dtype=policy)
+        # stages[i] = (AdaptiveAvgPool, conv, BN) in the authors' code. These
+        # convs stay stock `keras.layers.Conv2D`: they see b x b maps (nothing
+        # to gain), and Keras saves list items by class name, so another
+        # class would rename them in weight files.
+        branch = dict(sync_bn=self.sync_bn, dtype=self.dtype_policy)
+        self.stages = [
+            ConvBNReLU(self.branch_width, 1, name=f"stages_{i}", relu=False,
+                       conv_layer=keras.layers.Conv2D, **branch)
             for i in range(len(bins))
         ]
-        self.stage_bns = [
-            batch_norm(name=f"stages_{i}_bn", synchronized=self.sync_bn, dtype=policy)
-            for i in range(len(bins))
-        ]
-        self.bottleneck_conv = keras.layers.Conv2D(
-            self.filters, 3, padding="same", use_bias=False, name="bottleneck_conv", dtype=policy
-        )
-        self.bottleneck_bn = batch_norm(
-            name="bottleneck_bn", synchronized=self.sync_bn, dtype=policy
-        )
+        self.stage_convs = [stage.conv for stage in self.stages]
+        self.stage_bns = [stage.bn for stage in self.stages]
+        self.bottleneck = ConvBNReLU(self.filters, 3, name="bottleneck", owner=self, **branch)
         self.dropout_layer = keras.layers.SpatialDropout2D(
-            self.dropout, name="dropout", dtype=policy
+            self.dropout, name="dropout", dtype=self.dtype_policy
         )
 
     @property
@@ -169,29 +122,28 @@ class PSP(keras.layers.Layer):
 
     def build(self, input_shape):
         n, h, w, c = _check_nhwc(self, input_shape)
-        for conv, bn in zip(self.stage_convs, self.stage_bns):
-            conv.build((n, None, None, c))
-            bn.build((n, None, None, self.branch_width))
-        concat_channels = len(self.bins) * self.branch_width + c
-        self.bottleneck_conv.build((n, h, w, concat_channels))
-        self.bottleneck_bn.build((n, h, w, self.filters))
+        for stage in self.stages:
+            stage.build((n, None, None, c))
+        self.bottleneck.build((n, h, w, len(self.bins) * self.branch_width + c))
         self.dropout_layer.build((n, h, w, self.filters))
         self.built = True
 
+    def _prior(self, inputs, bin_size, stage, training):
+        """One pyramid level at `bin_size x bin_size`: pool, project (BN, no ReLU
+        in the authors' code)."""
+        y = stage(adaptive_average_pool2d(inputs, bin_size), training=training)
+        if self._branch_activation_fn is not None:
+            y = self._branch_activation_fn(y)
+        return y
+
     def call(self, inputs, training=None):
-        shape = tf.shape(inputs)
-        size = (shape[1], shape[2])
-        priors = []
-        for bin_size, conv, bn in zip(self.bins, self.stage_convs, self.stage_bns):
-            y = adaptive_average_pool2d(inputs, bin_size)
-            y = bn(conv(y), training=training)
-            if self._branch_activation_fn is not None:
-                y = self._branch_activation_fn(y)
-            priors.append(resize_bilinear(y, size, self.align_corners))
-        priors.append(inputs)
-        y = tf.concat(priors, axis=-1)
-        y = self.bottleneck_bn(self.bottleneck_conv(y), training=training)
-        y = tf.nn.relu(y)
+        _, h, w, _ = keras.ops.shape(inputs)
+        priors = [
+            resize_bilinear(self._prior(inputs, b, stage, training), (h, w), self.align_corners)
+            for b, stage in zip(self.bins, self.stages)
+        ]
+        # The input comes last (the authors' order; their weights depend on it).
+        y = self.bottleneck(keras.ops.concatenate([*priors, inputs], axis=-1), training=training)
         return self.dropout_layer(y, training=training)
 
     def compute_output_shape(self, input_shape):

@@ -30,9 +30,14 @@ def loaded_fixture_aspp(**kwargs):
     return layer, load_fixture_into(FIXTURE, layer, load_official_aspp)
 
 
+def to_numpy(value):
+    """A variable or tensor of any backend as a NumPy array."""
+    return keras.ops.convert_to_numpy(value)
+
+
 def numpy_bn(x, bn):
-    return (x - bn.moving_mean.numpy()) / np.sqrt(bn.moving_variance.numpy() + bn.epsilon) \
-        * bn.gamma.numpy() + bn.beta.numpy()
+    return (x - to_numpy(bn.moving_mean)) / np.sqrt(to_numpy(bn.moving_variance) + bn.epsilon) \
+        * to_numpy(bn.gamma) + to_numpy(bn.beta)
 
 
 def numpy_conv_same(x, kernel, rate):
@@ -54,12 +59,12 @@ def numpy_aspp_reference(layer, x):
     relu = lambda v: np.maximum(v, 0.0)  # noqa: E731
     n, h, w, _ = x.shape
     pooled = x.astype(np.float64).mean(axis=(1, 2), keepdims=True)
-    pooled = relu(numpy_bn(pooled @ layer.conv1_conv.kernel.numpy()[0, 0], layer.conv1_bn))
+    pooled = relu(numpy_bn(pooled @ to_numpy(layer.conv1_conv.kernel)[0, 0], layer.conv1_bn))
     branches = [np.broadcast_to(pooled, (n, h, w, pooled.shape[-1]))]
-    branches.append(relu(numpy_bn(x @ layer.conv2_conv.kernel.numpy()[0, 0], layer.conv2_bn)))
+    branches.append(relu(numpy_bn(x @ to_numpy(layer.conv2_conv.kernel)[0, 0], layer.conv2_bn)))
     for rate, conv, bn in zip(layer.dilation_rates, layer.atrous_convs, layer.atrous_bns):
-        branches.append(relu(numpy_bn(numpy_conv_same(x, conv.kernel.numpy(), rate), bn)))
-    y = np.concatenate(branches, -1) @ layer.bottleneck_conv.kernel.numpy()[0, 0]
+        branches.append(relu(numpy_bn(numpy_conv_same(x, to_numpy(conv.kernel), rate), bn)))
+    y = np.concatenate(branches, -1) @ to_numpy(layer.bottleneck_conv.kernel)[0, 0]
     return relu(numpy_bn(y, layer.bottleneck_bn))
 
 
@@ -100,6 +105,18 @@ def test_other_rates_match_numpy_reference(rates):
     )
     assert all(isinstance(c, DilatedConv2D) for c in layer.atrous_convs)
     assert [c.dilation_rate for c in layer.atrous_convs] == [(r, r) for r in rates]
+
+
+@pytest.mark.jax
+def test_forward_matches_numpy_reference_on_every_backend():
+    keras.utils.set_random_seed(2)
+    layer = ASPP(filters=6, branch_filters=4, dilation_rates=(1, 2, 3))
+    layer.build((None, None, None, 3))
+    randomize_batch_norms(layer, seed=3)
+    x = random_input((2, 7, 5, 3), seed=4)
+    np.testing.assert_allclose(
+        to_numpy(layer(x, training=False)), numpy_aspp_reference(layer, x), rtol=1e-4, atol=1e-5
+    )
 
 
 def test_converter_builds_unbuilt_layer_and_accepts_prefix():

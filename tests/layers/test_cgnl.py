@@ -1,3 +1,4 @@
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -12,6 +13,11 @@ from tests.layers._helpers import (
     config_round_trip, functional_model, global_policy, load_fixture_into, projected_gradients,
     random_input_legacy, randomize_weights
 )
+
+
+def to_numpy(value):
+    """A variable or tensor of any backend as a NumPy array."""
+    return keras.ops.convert_to_numpy(value)
 
 
 def numpy_cgnl(x, t_k, p_k, g_k, z_k, gamma, beta, groups, use_scale, eps=1e-5):
@@ -46,12 +52,12 @@ def numpy_cgnl(x, t_k, p_k, g_k, z_k, gamma, beta, groups, use_scale, eps=1e-5):
 def reference_of(layer, x):
     return numpy_cgnl(
         x,
-        layer.t.kernel.numpy(),
-        layer.p.kernel.numpy(),
-        layer.g.kernel.numpy(),
-        layer.z.kernel.numpy(),
-        layer.gn.gamma.numpy(),
-        layer.gn.beta.numpy(),
+        to_numpy(layer.t.kernel),
+        to_numpy(layer.p.kernel),
+        to_numpy(layer.g.kernel),
+        to_numpy(layer.z.kernel),
+        to_numpy(layer.gn.gamma),
+        to_numpy(layer.gn.beta),
         layer.groups,
         layer.use_scale,
     )
@@ -98,6 +104,18 @@ def test_matches_numpy_reference_odd_size(use_scale):
     y = layer(x).numpy()
     assert y.shape == (2, 33, 47, 16)
     assert_close_relative(y, reference_of(layer, x), rtol=1e-4)
+
+
+@pytest.mark.jax
+@pytest.mark.parametrize("use_scale", [False, True])
+def test_forward_matches_numpy_reference_on_every_backend(use_scale):
+    keras.utils.set_random_seed(5)
+    layer = CGNL(8, groups=4, use_scale=use_scale)
+    layer.build((None, None, None, 8))
+    randomize_weights(layer, seed=6)
+    layer.p.kernel.assign(layer.p.kernel * 1e-3)  # |att| near sqrt(eps): scaling shows
+    x = random_input_legacy((2, 5, 7, 8), seed=7)
+    assert_close_relative(to_numpy(layer(x)), reference_of(layer, x), rtol=1e-4)
 
 
 def test_use_scale_changes_output_when_affinity_is_small():

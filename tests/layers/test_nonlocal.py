@@ -17,6 +17,11 @@ from tests.layers._helpers import (  # noqa: E402
 
 
 # --------------------------------------------------------------------------- helpers
+def to_numpy(value):
+    """A variable or tensor of any backend as a NumPy array."""
+    return keras.ops.convert_to_numpy(value)
+
+
 def max_pool_2x2_ceil(x):
     """2x2 / stride-2 max pool, ceil mode (a trailing odd row/column is its own window)."""
     n, h, w, c = x.shape
@@ -32,8 +37,8 @@ def nonlocal_reference(layer, x):
     n, h, w, c = x.shape
 
     def conv1x1(conv, v):
-        out = v @ conv.kernel.numpy()[0, 0].astype(np.float64)
-        return out + conv.bias.numpy() if conv.use_bias else out
+        out = v @ to_numpy(conv.kernel)[0, 0].astype(np.float64)
+        return out + to_numpy(conv.bias) if conv.use_bias else out
 
     theta = conv1x1(layer.theta, x)
     phi = conv1x1(layer.phi, x)
@@ -51,8 +56,8 @@ def nonlocal_reference(layer, x):
     y = (attention @ g).reshape(n, h, w, inter)
     z = conv1x1(layer.w_conv, y)
     bn = layer.w_bn
-    z = (z - bn.moving_mean.numpy()) / np.sqrt(bn.moving_variance.numpy() + bn.epsilon)
-    z = z * bn.gamma.numpy() + bn.beta.numpy()
+    z = (z - to_numpy(bn.moving_mean)) / np.sqrt(to_numpy(bn.moving_variance) + bn.epsilon)
+    z = z * to_numpy(bn.gamma) + to_numpy(bn.beta)
     return x + z
 
 
@@ -98,6 +103,16 @@ def test_matches_numpy_reference(size, downsample):
     assert actual.shape == (2, *size, 8)
     # the residual dominates the scale; compare the non-local branch itself too
     np.testing.assert_allclose(actual - x, expected - x, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.jax
+@pytest.mark.parametrize("downsample", [True, False])
+def test_forward_matches_numpy_reference_on_every_backend(downsample):
+    # Odd sizes: the ceil-mode pooling keeps the last row and column.
+    layer = built_block(6, seed=3, inter_channels=4, downsample=downsample)
+    x = random_input((2, 5, 7, 6), seed=4)
+    actual = to_numpy(layer(x, training=False))
+    np.testing.assert_allclose(actual - x, nonlocal_reference(layer, x) - x, rtol=1e-4, atol=1e-5)
 
 
 def test_downsampling_changes_the_result():
