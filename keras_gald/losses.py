@@ -3,9 +3,11 @@
 Both losses take integer label maps `y_true` of shape `(N, H, W)` (or
 `(N, H, W, 1)`) and per-class logits `y_pred` of shape `(N, h, w, C)`. When
 `(h, w) != (H, W)` the logits are bilinearly upsampled to the label size first
-(`keras_gald.layers.resize.resize_bilinear`), as the authors do for their
+(`keras_gald.ops.resize_bilinear`), as the authors do for their
 1/8-resolution GALD head. All maths runs in float32, whatever the logits'
-dtype (e.g. `bfloat16` under `mixed_bfloat16`).
+dtype (e.g. `bfloat16` under `mixed_bfloat16`), in `keras.ops`, so the losses
+run (and trace under `jax.jit` / `tf.function(jit_compile=True)`) on every
+Keras backend.
 
 Averaging
 ---------
@@ -40,6 +42,11 @@ each replica's loss to be pre-divided by the number of replicas `R`, and then
   the cross-entropy on one device. For OHEM the hard-pixel threshold is still
   chosen per replica (on the replica's own batch, as the authors do); only the
   normalisation is global.
+
+`"global"` is TensorFlow-only (constructing it on another backend raises
+`ValueError`). On JAX a multi-device step (`keras.distribution`) computes the
+loss once over the global batch, so `"replica"` there gives the single-device
+value (one mean, one OHEM selection over the whole batch).
 
 Outside a replica context, or with one replica, both modes return the plain
 weighted mean; in a cross-replica context under a strategy with `R > 1` (e.g. a
@@ -309,9 +316,10 @@ class OHEMCrossEntropy(_PixelLossBase):
 
     This follows the authors' `OhemCrossEntropy2dTensor` (thresh 0.7,
     min_kept 100000 in their recipe); ties at the threshold are all kept.
-    Works under `tf.function(jit_compile=True)`: the `k`-th value comes from a
-    `top_k` whose `k` is `min(min_kept, number of pixels)`, static when the
-    batch shape is.
+    Works under `tf.function(jit_compile=True)` and `jax.jit`: the `k`-th
+    value comes from a `top_k` over all pixels (ignored ones sorted last)
+    whose `k` is `min(min_kept, number of pixels)`, static when the batch
+    shape is (always on JAX).
 
     Args:
         thresh: probability threshold.
