@@ -381,6 +381,8 @@ class OHEMCrossEntropy(_PixelLossBase):
                 # top_k(sorted=True) of -p: its last entry is the k-th smallest p.
                 smallest = -ops.top_k(-candidates, k=k, sorted=True)[0]
                 threshold = ops.maximum(threshold, smallest[-1])
+            # The authors' rule, stated as they do (the sentinel above already
+            # makes the k-th value 2.0 whenever fewer than k pixels are valid).
             num_valid = ops.sum(ops.cast(flat_valid, "int32"))
             keep_all = num_valid < self.min_kept
         kept = ops.logical_or(keep_all, gt_prob <= threshold)

@@ -344,6 +344,21 @@ def test_ohem_thresh_dominates():
     np.testing.assert_array_equal(kept, np_ohem_kept(prob, valid, thresh, min_kept))
 
 
+@pytest.mark.jax
+def test_ohem_zero_sample_weight_pixels_are_not_candidates():
+    # A pixel with sample weight 0 is not a valid pixel for the selection
+    # either: the k-th smallest probability is taken among the others.
+    labels, logits = make_batch(20)
+    thresh, min_kept = 0.05, 30
+    loss = OHEMCrossEntropy(thresh=thresh, min_kept=min_kept)
+    masked = labels.copy()
+    masked[0] = IGNORE
+    expected = np_ohem(masked, logits, thresh, min_kept)
+    assert abs(expected - np_ohem(labels, logits, thresh, min_kept)) > 1e-3
+    sw = np.array([0.0, 1.0], np.float32)
+    np.testing.assert_allclose(float(loss(labels, logits, sample_weight=sw)), expected, rtol=1e-5)
+
+
 @pytest.mark.parametrize(
     "thresh,min_kept,weights,low_res",
     [
