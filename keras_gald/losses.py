@@ -3,9 +3,11 @@
 Both losses take integer label maps `y_true` of shape `(N, H, W)` (or
 `(N, H, W, 1)`) and per-class logits `y_pred` of shape `(N, h, w, C)`. When
 `(h, w) != (H, W)` the logits are bilinearly upsampled to the label size first
-(`keras_gald.layers.resize.resize_bilinear`), as the authors do for their
+(`keras_gald.ops.resize_bilinear`), as the authors do for their
 1/8-resolution GALD head. All maths runs in float32, whatever the logits'
-dtype (e.g. `bfloat16` under `mixed_bfloat16`).
+dtype (e.g. `bfloat16` under `mixed_bfloat16`), in `keras.ops`, so the losses
+run (and trace under `jax.jit` / `tf.function(jit_compile=True)`) on every
+Keras backend.
 
 Averaging
 ---------
@@ -41,6 +43,11 @@ each replica's loss to be pre-divided by the number of replicas `R`, and then
   chosen per replica (on the replica's own batch, as the authors do); only the
   normalisation is global.
 
+`"global"` is TensorFlow-only (constructing it on another backend raises
+`ValueError`). On JAX a multi-device step (`keras.distribution`) computes the
+loss once over the global batch, so `"replica"` there gives the single-device
+value (one mean, one OHEM selection over the whole batch).
+
 Outside a replica context, or with one replica, both modes return the plain
 weighted mean; in a cross-replica context under a strategy with `R > 1` (e.g. a
 call inside `strategy.scope()` but not inside `strategy.run`) the value is
@@ -54,7 +61,7 @@ counted).
 """
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 from keras_gald.ops.resize import resize_bilinear
 
@@ -62,35 +69,50 @@ _MEAN_REDUCTIONS = ("sum_over_batch_size", "mean", "mean_with_sample_weight")
 _REDUCTIONS = _MEAN_REDUCTIONS + ("sum", "none", None)
 
 
+def _is_float(x):
+    return "float" in keras.backend.standardize_dtype(x.dtype)
+
+
 def _labels_to_int(y_true):
     """(N,H,W) or (N,H,W,1) labels (any dtype) -> int32 (N,H,W)."""
-    y_true = tf.convert_to_tensor(y_true)
-    if y_true.shape.rank == 4:
-        y_true = tf.squeeze(y_true, axis=-1)
-    if y_true.dtype.is_floating:
-        y_true = tf.round(y_true)
-    return tf.cast(y_true, tf.int32)
+    y_true = ops.convert_to_tensor(y_true)
+    if len(y_true.shape) == 4:
+        y_true = ops.squeeze(y_true, axis=-1)
+    if _is_float(y_true):
+        y_true = ops.round(y_true)
+    return ops.cast(y_true, "int32")
 
 
 def _logits_to_label_size(y_pred, label_hw, align_corners):
-    """Bilinearly resizes `(N,h,w,C)` logits to `label_hw` in float32 when needed."""
-    y_pred = tf.convert_to_tensor(y_pred)
-    if y_pred.dtype != tf.float32:
-        y_pred = tf.cast(y_pred, tf.float32)
-    static_in = y_pred.shape[1:3]
-    static_out = [tf.get_static_value(label_hw[0]), tf.get_static_value(label_hw[1])]
-    if (
-        static_in[0] is not None
-        and static_in[1] is not None
-        and static_out[0] is not None
-        and static_out[1] is not None
-        and int(static_in[0]) == int(static_out[0])
-        and int(static_in[1]) == int(static_out[1])
-    ):
+    """Bilinearly resizes `(N,h,w,C)` logits to `label_hw` in float32 when needed.
+
+    `label_hw` holds Python ints where the label size is static (always on JAX)
+    and scalar tensors where it is not (a TF graph with dynamic shapes).
+    """
+    y_pred = ops.convert_to_tensor(y_pred)
+    if keras.backend.standardize_dtype(y_pred.dtype) != "float32":
+        y_pred = ops.cast(y_pred, "float32")
+    static = all(isinstance(d, int) for d in label_hw)
+    if static and tuple(y_pred.shape[1:3]) == tuple(label_hw):
         return y_pred
     # With dynamic sizes the resize always runs; at equal sizes it is the
     # identity for both align_corners conventions.
     return resize_bilinear(y_pred, label_hw, align_corners=align_corners)
+
+
+def _take_class(values, labels):
+    """`values[n, h, w, labels[n, h, w]]`: `(N,H,W,C)`, `(N,H,W)` int -> `(N,H,W)`.
+
+    A gather on the class axis. On TensorFlow it is the batched `GatherV2` the
+    loss has always traced (outside XLA, `take_along_axis`'s TF lowering costs
+    twice the time with its gradient); elsewhere `take_along_axis` (one XLA
+    gather, fused under `jax.jit`).
+    """
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf  # TF backend only.
+
+        return tf.squeeze(tf.gather(values, labels[..., None], batch_dims=3), axis=-1)
+    return ops.squeeze(ops.take_along_axis(values, labels[..., None], axis=-1), axis=-1)
 
 
 class _PixelLossBase(keras.losses.Loss):
@@ -111,6 +133,11 @@ class _PixelLossBase(keras.losses.Loss):
             raise ValueError(
                 f"distributed_mean must be 'replica' or 'global', got {distributed_mean!r}"
             )
+        if distributed_mean == "global" and keras.backend.backend() != "tensorflow":
+            raise ValueError(
+                "distributed_mean='global' needs the TensorFlow backend (its denominator is "
+                f"a tf.distribute all-reduce); use 'replica' on {keras.backend.backend()}."
+            )
         # The loss always computes (and returns) float32.
         super().__init__(name=name, reduction=reduction, dtype="float32")
         self.ignore_index = int(ignore_index)
@@ -129,42 +156,38 @@ class _PixelLossBase(keras.losses.Loss):
         invalid), `valid` a bool mask of counted candidates.
         """
         labels = _labels_to_int(y_true)
-        label_shape = tf.shape(labels)
+        label_shape = ops.shape(labels)
         logits = _logits_to_label_size(
             y_pred, (label_shape[1], label_shape[2]), self.align_corners
         )
         num_classes = logits.shape[-1]
         if num_classes is None:
             raise ValueError("The class axis of y_pred must be static.")
-        valid = tf.logical_and(
-            tf.not_equal(labels, self.ignore_index),
-            tf.logical_and(labels >= 0, labels < num_classes),
-        )
-        safe_labels = tf.where(valid, labels, tf.zeros_like(labels))
-        log_probs = tf.nn.log_softmax(logits, axis=-1)
-        nll = -tf.squeeze(
-            tf.gather(log_probs, safe_labels[..., None], batch_dims=3), axis=-1
-        )
-        weight = tf.ones_like(nll)
+        valid = (labels != self.ignore_index) & (labels >= 0) & (labels < num_classes)
+        safe_labels = ops.where(valid, labels, 0)
+        # nll_p = -log softmax(z_p)[y_p]
+        log_probs = ops.log_softmax(logits, axis=-1)
+        nll = -_take_class(log_probs, safe_labels)
+        weight = ops.ones_like(nll)
         if self.class_weights is not None:
             if len(self.class_weights) != num_classes:
                 raise ValueError(
                     f"class_weights has {len(self.class_weights)} entries for "
                     f"{num_classes} classes."
                 )
-            weight = tf.gather(tf.constant(self.class_weights, tf.float32), safe_labels)
+            class_weights = ops.convert_to_tensor(self.class_weights, "float32")
+            weight = ops.take(class_weights, safe_labels)
         if sample_weight is not None:
-            sw = tf.cast(tf.convert_to_tensor(sample_weight), tf.float32)
-            if sw.shape.rank == 4:
-                sw = tf.squeeze(sw, axis=-1)
-            while sw.shape.rank is not None and 0 < sw.shape.rank < 3:
+            sw = ops.cast(ops.convert_to_tensor(sample_weight), "float32")
+            if len(sw.shape) == 4:
+                sw = ops.squeeze(sw, axis=-1)
+            while 0 < len(sw.shape) < 3:
                 sw = sw[..., None]
-            sw = tf.broadcast_to(sw, tf.shape(nll))
+            sw = ops.broadcast_to(sw, ops.shape(nll))
             weight = weight * sw
-            valid = tf.logical_and(valid, tf.not_equal(sw, 0.0))
-        zeros = tf.zeros_like(nll)
-        nll = tf.where(valid, nll, zeros)
-        weight = tf.where(valid, weight, zeros)
+            valid = valid & (sw != 0.0)
+        nll = ops.where(valid, nll, 0.0)
+        weight = ops.where(valid, weight, 0.0)
         return nll, weight, valid, safe_labels
 
     def _kept_mask(self, nll, valid):
@@ -179,22 +202,30 @@ class _PixelLossBase(keras.losses.Loss):
     def _weighted_terms(self, y_true, y_pred, sample_weight):
         nll, weight, valid, _ = self._pixel_terms(y_true, y_pred, sample_weight)
         kept = self._kept_mask(nll, valid)
-        weight = tf.where(kept, weight, tf.zeros_like(weight))
+        weight = ops.where(kept, weight, 0.0)
         return weight * nll, weight
 
     # -- reduction -------------------------------------------------------
     def __call__(self, y_true, y_pred, sample_weight=None):
-        with tf.name_scope(self.name):
+        with keras.name_scope(self.name):
             losses, weight = self._weighted_terms(y_true, y_pred, sample_weight)
             if self.reduction in (None, "none"):
                 return losses
-            numerator = tf.reduce_sum(losses)
+            numerator = ops.sum(losses)
             if self.reduction == "sum":
                 return numerator
-            denominator = tf.stop_gradient(tf.reduce_sum(weight))
-            return self._distributed_mean(numerator, denominator)
+            # The normaliser carries no gradient (PyTorch's weighted mean).
+            denominator = ops.stop_gradient(ops.sum(weight))
+            if keras.backend.backend() == "tensorflow":
+                return self._tf_distributed_mean(numerator, denominator)
+            # JAX/torch: a multi-device step (keras.distribution) computes the
+            # loss once over the global batch, so the plain mean is the answer.
+            return ops.divide_no_nan(numerator, denominator)
 
-    def _distributed_mean(self, numerator, denominator):
+    def _tf_distributed_mean(self, numerator, denominator):
+        """The `tf.distribute` replica semantics of the module docstring."""
+        import tensorflow as tf  # TF backend only: JAX users never import it.
+
         strategy = tf.distribute.get_strategy()
         num_replicas = strategy.num_replicas_in_sync
         replica_ctx = tf.distribute.get_replica_context()
@@ -298,9 +329,10 @@ class OHEMCrossEntropy(_PixelLossBase):
 
     This follows the authors' `OhemCrossEntropy2dTensor` (thresh 0.7,
     min_kept 100000 in their recipe); ties at the threshold are all kept.
-    Works under `tf.function(jit_compile=True)`: the `k`-th value comes from a
-    `top_k` whose `k` is `min(min_kept, number of pixels)`, static when the
-    batch shape is.
+    Works under `tf.function(jit_compile=True)` and `jax.jit`: the `k`-th
+    value comes from a `top_k` over all pixels (ignored ones sorted last)
+    whose `k` is `min(min_kept, number of pixels)`, static when the batch
+    shape is (always on JAX).
 
     Args:
         thresh: probability threshold.
@@ -340,30 +372,34 @@ class OHEMCrossEntropy(_PixelLossBase):
         self.min_kept = int(min_kept)
 
     def _kept_mask(self, nll, valid):
-        gt_prob = tf.stop_gradient(tf.exp(-nll))
-        flat_prob = tf.reshape(gt_prob, [-1])
-        flat_valid = tf.reshape(valid, [-1])
-        num_valid = tf.reduce_sum(tf.cast(flat_valid, tf.int32))
-        threshold = tf.constant(self.thresh, tf.float32)
+        # p_gt = exp(-nll); the selection itself carries no gradient.
+        gt_prob = ops.stop_gradient(ops.exp(-nll))
+        flat_prob = ops.reshape(gt_prob, (-1,))
+        flat_valid = ops.reshape(valid, (-1,))
+        threshold = self.thresh
+        keep_all = False
         if self.min_kept > 0:
             # Invalid pixels sort after every valid one (p <= 1 < 2), so the
             # k-th smallest over all pixels is the k-th smallest valid one
             # whenever k <= num_valid (otherwise every valid pixel is kept).
-            candidates = tf.where(flat_valid, flat_prob, tf.fill(tf.shape(flat_prob), 2.0))
+            # k = min(min_kept, pixels) is static whenever the batch shape is
+            # (always on JAX), so this traces under jit / XLA.
+            candidates = ops.where(flat_valid, flat_prob, 2.0)
             size = flat_prob.shape[0]
-            if size is not None:
-                k = min(self.min_kept, int(size))
+            if size is None:
+                k = ops.minimum(self.min_kept, ops.shape(flat_prob)[0])
             else:
-                k = tf.minimum(self.min_kept, tf.size(flat_prob))
+                k = min(self.min_kept, int(size))
             if not (isinstance(k, int) and k == 0):  # k == 0: an empty batch
                 # top_k(sorted=True) of -p: its last entry is the k-th smallest p.
-                smallest = -tf.math.top_k(-candidates, k=k, sorted=True).values
-                threshold = tf.maximum(threshold, smallest[-1])
+                smallest = -ops.top_k(-candidates, k=k, sorted=True)[0]
+                threshold = ops.maximum(threshold, smallest[-1])
+            # The authors' rule, stated as they do (the sentinel above already
+            # makes the k-th value 2.0 whenever fewer than k pixels are valid).
+            num_valid = ops.sum(ops.cast(flat_valid, "int32"))
             keep_all = num_valid < self.min_kept
-        else:
-            keep_all = tf.constant(False)
-        kept = tf.logical_or(keep_all, gt_prob <= threshold)
-        return tf.logical_and(valid, kept)
+        kept = ops.logical_or(keep_all, gt_prob <= threshold)
+        return valid & kept
 
     def get_config(self):
         config = super().get_config()

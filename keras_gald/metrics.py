@@ -52,7 +52,7 @@ import math
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
 from keras_gald.ops.resize import resize_bilinear
 
@@ -182,15 +182,55 @@ def format_iou_table(
 # ---------------------------------------------------------------------------
 # Streaming mean IoU
 # ---------------------------------------------------------------------------
+def _wide_dtypes():
+    """(count dtype, statistics dtype): int64/float64, or int32/float32 on JAX
+    without `jax_enable_x64` (JAX has no 64-bit arrays then; asking for them
+    would only warn and truncate)."""
+    if keras.backend.backend() == "jax":
+        import jax  # JAX backend only.
+
+        if not jax.config.jax_enable_x64:
+            return "int32", "float32"
+    return "int64", "float64"
+
+
+def _argmax_classes(scores):
+    """int32 argmax over the class axis of `(N, H, W, C)` scores.
+
+    On TensorFlow the plain `ArgMax` the metric has always used (`keras.ops.
+    argmax` adds a -0.0 fix-up pass that costs 50% more outside XLA and may
+    break -0.0/0.0 ties differently); elsewhere `keras.ops.argmax`.
+    """
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf  # TF backend only.
+
+        return tf.argmax(scores, axis=-1, output_type=tf.int32)
+    return ops.cast(ops.argmax(scores, axis=-1), "int32")
+
+
+def _to_int32_map(x):
+    """(N,H,W) or (N,H,W,1) ids (any dtype; floats rounded) -> int32 (N,H,W)."""
+    if len(x.shape) == 4:
+        x = ops.squeeze(x, axis=-1)
+    if "float" in keras.backend.standardize_dtype(x.dtype):
+        x = ops.round(x)
+    return ops.cast(x, "int32")
+
+
 @keras.saving.register_keras_serializable(package="keras_gald")
 class MeanIoU(keras.metrics.Metric):
     """Streaming mean intersection-over-union for semantic segmentation.
 
-    Accumulates an exact int64 confusion matrix (rows gt, columns prediction).
-    The variable uses Keras' metric defaults (ON_READ synchronization, SUM
-    aggregation), so under a `tf.distribute` strategy each replica counts its
-    own pixels and reading the result in a cross-replica context sums the
-    replicas' matrices.
+    Accumulates an exact int64 confusion matrix (rows gt, columns prediction)
+    with a segment sum over the `C*C` (gt, prediction) cells, in `keras.ops`,
+    so the update traces under `tf.function(jit_compile=True)` and `jax.jit`
+    (Keras' `fit`/`evaluate` on every backend). On JAX without
+    `jax_enable_x64` the matrix is int32 (exact up to 2**31 - 1 pixels per
+    cell; a Cityscapes val pass is about 1.05e9 pixels in all) and the scores
+    are float32. The variable uses Keras' metric defaults (ON_READ
+    synchronization, SUM aggregation), so under a `tf.distribute` strategy each
+    replica counts its own pixels and reading the result in a cross-replica
+    context sums the replicas' matrices.
 
     Args:
         num_classes: number of classes `C`.
@@ -240,99 +280,87 @@ class MeanIoU(keras.metrics.Metric):
         self.total_confusion = self.add_variable(
             shape=(self.num_classes, self.num_classes),
             initializer="zeros",
-            dtype="int64",
+            dtype=_wide_dtypes()[0],
             aggregation="sum",
             name="total_confusion_matrix",
         )
 
     def _predicted_ids(self, y_pred, label_hw):
-        y_pred = tf.convert_to_tensor(y_pred)
+        y_pred = ops.convert_to_tensor(y_pred)
         if not self.from_logits:
-            if y_pred.shape.rank == 4:
-                y_pred = tf.squeeze(y_pred, axis=-1)
-            if y_pred.dtype.is_floating:
-                y_pred = tf.round(y_pred)
-            return tf.cast(y_pred, tf.int32)
+            return _to_int32_map(y_pred)
         if y_pred.shape[-1] is not None and y_pred.shape[-1] != self.num_classes:
             raise ValueError(
                 f"y_pred has {y_pred.shape[-1]} channels, expected {self.num_classes}"
             )
-        if y_pred.dtype not in (tf.float32, tf.float64):
-            y_pred = tf.cast(y_pred, tf.float32)
-        same = (
-            None not in (y_pred.shape[1], y_pred.shape[2])
-            and tf.get_static_value(label_hw[0]) == y_pred.shape[1]
-            and tf.get_static_value(label_hw[1]) == y_pred.shape[2]
-        )
-        if not same:
+        if keras.backend.standardize_dtype(y_pred.dtype) not in ("float32", "float64"):
+            y_pred = ops.cast(y_pred, "float32")
+        static = all(isinstance(d, int) for d in label_hw)
+        if not (static and tuple(y_pred.shape[1:3]) == tuple(label_hw)):
             y_pred = resize_bilinear(y_pred, label_hw, align_corners=self.align_corners)
-        return tf.argmax(y_pred, axis=-1, output_type=tf.int32)
+        return _argmax_classes(y_pred)
 
     def update_state(self, y_true, y_pred, sample_weight=None):
-        labels = tf.convert_to_tensor(y_true)
-        if labels.shape.rank == 4:
-            labels = tf.squeeze(labels, axis=-1)
-        if labels.dtype.is_floating:
-            labels = tf.round(labels)
-        labels = tf.cast(labels, tf.int32)
-        shape = tf.shape(labels)
+        labels = _to_int32_map(ops.convert_to_tensor(y_true))
+        shape = ops.shape(labels)
         pred = self._predicted_ids(y_pred, (shape[1], shape[2]))
         c = self.num_classes
         valid = (labels != self.ignore_index) & (labels >= 0) & (labels < c)
         valid = valid & (pred >= 0) & (pred < c)
         if sample_weight is not None:
-            sw = tf.convert_to_tensor(sample_weight)
-            if sw.shape.rank == 4:
-                sw = tf.squeeze(sw, axis=-1)
-            while sw.shape.rank is not None and 0 < sw.shape.rank < 3:
+            sw = ops.convert_to_tensor(sample_weight)
+            if len(sw.shape) == 4:
+                sw = ops.squeeze(sw, axis=-1)
+            while 0 < len(sw.shape) < 3:
                 sw = sw[..., None]
-            valid = valid & tf.broadcast_to(tf.not_equal(sw, tf.zeros((), sw.dtype)), shape)
-        # Invalid pixels go to an extra bin c*c that is dropped.
-        ids = tf.where(valid, labels * c + pred, tf.fill(tf.shape(labels), c * c))
-        counts = tf.math.unsorted_segment_sum(
-            tf.ones_like(tf.reshape(ids, [-1])), tf.reshape(ids, [-1]), c * c + 1
-        )
-        update = tf.reshape(tf.cast(counts[: c * c], tf.int64), (c, c))
+            valid = valid & ops.broadcast_to(sw != 0, shape)
+        # Cell (gt, pred) is bin gt * C + pred; invalid pixels go to an extra
+        # bin C*C that is dropped. A segment sum with a static bin count runs
+        # under XLA / jit on every backend.
+        ids = ops.reshape(ops.where(valid, labels * c + pred, c * c), (-1,))
+        counts = ops.segment_sum(ops.ones_like(ids), ids, num_segments=c * c + 1)
+        count_dtype, _ = _wide_dtypes()
+        update = ops.reshape(ops.cast(counts[: c * c], count_dtype), (c, c))
         self.total_confusion.assign_add(update)
 
     # -- results (tensors) -------------------------------------------------
     def confusion_matrix(self):
         """`(C, C)` int64 confusion matrix (rows gt, columns prediction)."""
-        return tf.convert_to_tensor(self.total_confusion)
+        return ops.convert_to_tensor(self.total_confusion)
 
     def _stats(self):
-        cm = tf.cast(self.confusion_matrix(), tf.float64)
-        tp = tf.linalg.diag_part(cm)
-        gt = tf.reduce_sum(cm, axis=1)
-        pr = tf.reduce_sum(cm, axis=0)
+        _, float_dtype = _wide_dtypes()
+        cm = ops.cast(self.confusion_matrix(), float_dtype)
+        tp = ops.diagonal(cm)
+        gt = ops.sum(cm, axis=1)
+        pr = ops.sum(cm, axis=0)
         return cm, tp, gt, pr
 
     def per_class_iou(self):
         """`(C,)` float64 IoU, NaN for classes absent from both gt and prediction."""
         _, tp, gt, pr = self._stats()
         union = gt + pr - tp
-        nan = tf.fill(tf.shape(union), tf.constant(float("nan"), tf.float64))
-        return tf.where(union > 0, tf.math.divide_no_nan(tp, union), nan)
+        return ops.where(union > 0, ops.divide_no_nan(tp, union), float("nan"))
 
     def result(self):
         iou = self.per_class_iou()
-        present = tf.logical_not(tf.math.is_nan(iou))
-        total = tf.reduce_sum(tf.where(present, iou, tf.zeros_like(iou)))
-        count = tf.reduce_sum(tf.cast(present, tf.float64))
-        return tf.cast(tf.math.divide_no_nan(total, count), self.dtype)
+        present = ops.logical_not(ops.isnan(iou))
+        total = ops.sum(ops.where(present, iou, 0.0))
+        count = ops.sum(ops.cast(present, iou.dtype))
+        return ops.cast(ops.divide_no_nan(total, count), self.dtype)
 
     def pixel_accuracy(self):
         """Fraction of counted pixels predicted correctly (float64 scalar)."""
         cm, tp, _, _ = self._stats()
-        return tf.math.divide_no_nan(tf.reduce_sum(tp), tf.reduce_sum(cm))
+        return ops.divide_no_nan(ops.sum(tp), ops.sum(cm))
 
     def mean_accuracy(self):
         """Mean over gt-present classes of `TP / (TP + FN)` (float64 scalar)."""
         _, tp, gt, _ = self._stats()
         present = gt > 0
-        acc = tf.math.divide_no_nan(tp, gt)
-        total = tf.reduce_sum(tf.where(present, acc, tf.zeros_like(acc)))
-        return tf.math.divide_no_nan(total, tf.reduce_sum(tf.cast(present, tf.float64)))
+        acc = ops.divide_no_nan(tp, gt)
+        total = ops.sum(ops.where(present, acc, 0.0))
+        return ops.divide_no_nan(total, ops.sum(ops.cast(present, acc.dtype)))
 
     def summary(self, **kwargs):
         """`format_iou_table` of the current per-class IoU (and accuracy)."""
@@ -342,8 +370,9 @@ class MeanIoU(keras.metrics.Metric):
         return format_iou_table(np.asarray(self.per_class_iou()), self.class_names, **kwargs)
 
     def reset_state(self):
+        count_dtype, _ = _wide_dtypes()
         self.total_confusion.assign(
-            tf.zeros((self.num_classes, self.num_classes), tf.int64)
+            ops.zeros((self.num_classes, self.num_classes), count_dtype)
         )
 
     def get_config(self):
