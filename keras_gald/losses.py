@@ -63,6 +63,7 @@ counted).
 import keras
 from keras import ops
 
+from keras_gald.ops.classes import take_class
 from keras_gald.ops.resize import resize_bilinear
 
 _MEAN_REDUCTIONS = ("sum_over_batch_size", "mean", "mean_with_sample_weight")
@@ -98,21 +99,6 @@ def _logits_to_label_size(y_pred, label_hw, align_corners):
     # With dynamic sizes the resize always runs; at equal sizes it is the
     # identity for both align_corners conventions.
     return resize_bilinear(y_pred, label_hw, align_corners=align_corners)
-
-
-def _take_class(values, labels):
-    """`values[n, h, w, labels[n, h, w]]`: `(N,H,W,C)`, `(N,H,W)` int -> `(N,H,W)`.
-
-    A gather on the class axis. On TensorFlow it is the batched `GatherV2` the
-    loss has always traced (outside XLA, `take_along_axis`'s TF lowering costs
-    twice the time with its gradient); elsewhere `take_along_axis` (one XLA
-    gather, fused under `jax.jit`).
-    """
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf  # TF backend only.
-
-        return tf.squeeze(tf.gather(values, labels[..., None], batch_dims=3), axis=-1)
-    return ops.squeeze(ops.take_along_axis(values, labels[..., None], axis=-1), axis=-1)
 
 
 class _PixelLossBase(keras.losses.Loss):
@@ -167,7 +153,7 @@ class _PixelLossBase(keras.losses.Loss):
         safe_labels = ops.where(valid, labels, 0)
         # nll_p = -log softmax(z_p)[y_p]
         log_probs = ops.log_softmax(logits, axis=-1)
-        nll = -_take_class(log_probs, safe_labels)
+        nll = -take_class(log_probs, safe_labels)
         weight = ops.ones_like(nll)
         if self.class_weights is not None:
             if len(self.class_weights) != num_classes:

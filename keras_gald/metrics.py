@@ -54,6 +54,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_gald.ops.classes import argmax_classes
 from keras_gald.ops.resize import resize_bilinear
 
 DEFAULT_BOUNDARY_THRESHOLDS = (0.00088, 0.001875, 0.00375, 0.005)
@@ -194,20 +195,6 @@ def _wide_dtypes():
     return "int64", "float64"
 
 
-def _argmax_classes(scores):
-    """int32 argmax over the class axis of `(N, H, W, C)` scores.
-
-    On TensorFlow the plain `ArgMax` the metric has always used (`keras.ops.
-    argmax` adds a -0.0 fix-up pass that costs 50% more outside XLA and may
-    break -0.0/0.0 ties differently); elsewhere `keras.ops.argmax`.
-    """
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf  # TF backend only.
-
-        return tf.argmax(scores, axis=-1, output_type=tf.int32)
-    return ops.cast(ops.argmax(scores, axis=-1), "int32")
-
-
 def _to_int32_map(x):
     """(N,H,W) or (N,H,W,1) ids (any dtype; floats rounded) -> int32 (N,H,W)."""
     if len(x.shape) == 4:
@@ -298,7 +285,7 @@ class MeanIoU(keras.metrics.Metric):
         static = all(isinstance(d, int) for d in label_hw)
         if not (static and tuple(y_pred.shape[1:3]) == tuple(label_hw)):
             y_pred = resize_bilinear(y_pred, label_hw, align_corners=self.align_corners)
-        return _argmax_classes(y_pred)
+        return argmax_classes(y_pred)
 
     def update_state(self, y_true, y_pred, sample_weight=None):
         labels = _to_int32_map(ops.convert_to_tensor(y_true))
