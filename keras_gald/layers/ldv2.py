@@ -20,8 +20,9 @@ Two implementations compute the same numbers:
   output `sum_n w_n * shift_n(v)`. Only `(N, H, W, heads, k^2)` logits and
   weights are stacked. On TensorFlow both primitives carry a custom gradient
   written with the same shifted-slice accumulation (TF's autodiff would keep
-  `k^2` full-size gradient tensors alive for one `AddN`); on JAX, XLA fuses
-  the slices and JAX differentiates them. See `keras_gald.ops.local_attention`.
+  `k^2` full-size gradient tensors alive for one `AddN`); on JAX the slices
+  are the steps of a `lax.scan` that JAX differentiates. See
+  `keras_gald.ops.local_attention`.
   It also applies the output 1x1 conv before the sum, folded into the value
   projection, when that narrows the summed values (`LDv2.folds_output_projection`).
 

@@ -61,13 +61,23 @@ def np_local_aggregate(w, v, kernel_size, rate):
     return out
 
 
+def compiled(fn):
+    """`jax.jit(fn)` on JAX (one compile instead of one per op: keeps the JAX
+    pass short), `fn` itself on TensorFlow (eager, as users call it)."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return jax.jit(fn)
+    return fn
+
+
 def value_and_grads(fn, *args):
     """`fn(*args)` (a scalar) and its gradients w.r.t. every argument, on the
     current backend (`tf.GradientTape` on TensorFlow, `jax.grad` on JAX)."""
     if keras.backend.backend() == "jax":
         import jax
 
-        return jax.value_and_grad(fn, argnums=tuple(range(len(args))))(*args)
+        return jax.jit(jax.value_and_grad(fn, argnums=tuple(range(len(args)))))(*args)
     import tensorflow as tf
 
     args = [tf.convert_to_tensor(a) for a in args]
@@ -99,8 +109,8 @@ def test_values_match_numpy_eq8_sums(impl, kernel_size, rate, size):
     q, k, v = _random(shape, 0), _random(shape, 1), _random(shape, 2)
     w = _random((2, *size, HEADS, kernel_size**2), 3)
     logits, aggregate = (_slices if impl == "slices" else _reference)(kernel_size, rate)
-    got_logits = _numpy(logits(_tensor(q), _tensor(k)))
-    got_sum = _numpy(aggregate(_tensor(w), _tensor(v)))
+    got_logits = _numpy(compiled(logits)(_tensor(q), _tensor(k)))
+    got_sum = _numpy(compiled(aggregate)(_tensor(w), _tensor(v)))
     assert got_logits.shape == (2, *size, HEADS, kernel_size**2)
     assert got_sum.shape == shape
     np.testing.assert_allclose(got_logits, np_local_logits(q, k, kernel_size, rate),
@@ -219,9 +229,10 @@ def test_same_height_width_check_at_run_time_tensorflow():
 
 
 @pytest.mark.jax
-def test_jax_slices_hold_fewer_temporaries_than_the_reference():
-    """JAX: the compiled forward + backward of the slices keeps less than the
-    `N x k^2 x C` neighbourhood tensor the reference builds."""
+def test_jax_slices_never_hold_k2_feature_maps():
+    """JAX: the compiled forward + backward of the slices keeps less than half
+    the `N x k^2 x C` neighbourhood tensor the reference builds (unrolled
+    slices did not: XLA:CPU kept most of the k^2 products alive)."""
     if keras.backend.backend() != "jax":
         pytest.skip("XLA's buffer sizes are JAX's")
     import jax
@@ -243,5 +254,5 @@ def test_jax_slices_hold_fewer_temporaries_than_the_reference():
 
     n_k2_c = n * height * width * kernel_size**2 * depth * 4
     slices, reference = temp_bytes(_slices), temp_bytes(_reference)
-    assert reference >= 2 * n_k2_c  # the check can fail: the reference does build them
-    assert slices < reference / 2, (slices, reference, n_k2_c)
+    assert reference >= n_k2_c  # the check can fail: the reference does build them
+    assert slices < n_k2_c / 2, (slices, reference, n_k2_c)
