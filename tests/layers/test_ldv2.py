@@ -159,7 +159,7 @@ def test_bigger_odd_map_default_geometry():
 
 def _numpy_ldv2(layer, xg, xl):
     """Eq. (8) written out with loops, plus the output conv/BN(inference)/ReLU and concat."""
-    w = {v.path.split("/", 1)[1]: v.numpy() for v in layer.weights}
+    w = {v.path.split("/", 1)[1]: keras.ops.convert_to_numpy(v) for v in layer.weights}
     x = np.concatenate([xg, xl], -1).astype(np.float64)
     proj = lambda name: x @ w[f"{name}/kernel"][0, 0] + w[f"{name}/bias"]
     q, k, v = proj("query_conv"), proj("key_conv"), proj("value_conv")
@@ -221,6 +221,27 @@ def test_matches_numpy_reference_of_eq8(padding, impl, num_heads):
         assert np.all(att[:, 0, 0, :, outside] == 0.0)
     else:
         assert np.all(att[:, 0, 0, :, outside] > 0.0)
+
+
+@pytest.mark.jax
+@pytest.mark.parametrize("padding", ["zeros", "mask"])
+@pytest.mark.parametrize("num_heads", [1, 2])  # 1 head: the output conv is folded
+def test_slices_and_patches_match_eq8_on_every_backend(padding, num_heads):
+    """On TF and on JAX: both impls equal the NumPy Eq. (8), outputs and affinities."""
+    xg, xl = _inputs(2, 5, 7, seed=3)
+    layer = LDv2(kernel_size=3, dilation_rate=2, padding=padding, num_heads=num_heads, **SMALL)
+    layer([xg, xl])
+    _randomize(layer, seed=4)
+    assert layer.folds_output_projection is (num_heads == 1)
+    patches = LDv2.from_config({**layer.get_config(), "impl": "patches", "name": "patches"})
+    patches([xg, xl])
+    patches.set_weights(layer.get_weights())
+    expected, expected_att = _numpy_ldv2(layer, xg, xl)
+    for impl in (layer, patches):
+        got = keras.ops.convert_to_numpy(impl([xg, xl], training=False))
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5, err_msg=impl.impl)
+        att = keras.ops.convert_to_numpy(impl.attention_weights([xg, xl]))
+        np.testing.assert_allclose(att, expected_att, rtol=1e-5, atol=1e-6, err_msg=impl.impl)
 
 
 def test_zero_padding_neighbours_have_zero_logit():
@@ -557,6 +578,7 @@ def test_onnx_export_dynamic_batch_and_size(tmp_path):
 # ------------------------------------------------------------------- errors
 
 
+@pytest.mark.jax
 def test_errors_for_wrong_inputs():
     xg, xl = _inputs(1, 6, 6)
     with pytest.raises(ValueError, match="list of two tensors"):
@@ -572,7 +594,11 @@ def test_errors_for_wrong_inputs():
     gi, li = keras.Input((8, 8, CG)), keras.Input((8, 9, CL))
     with pytest.raises(ValueError, match="must share W"):
         LDv2(**SMALL)([gi, li])
-    # built layer, mismatch only visible at run time (dynamic H, W)
+
+
+def test_errors_for_mismatch_seen_at_run_time():
+    """TensorFlow graphs with dynamic H, W: checked when they run."""
+    xg, xl = _inputs(1, 6, 6)
     layer = LDv2(**SMALL)
     layer([xg, xl])
     fn = tf.function(
