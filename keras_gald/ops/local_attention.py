@@ -177,8 +177,8 @@ def local_logits(q, k, offsets, pad, jit=False):
         tensors (TF: custom gradients; JAX: a scan over the slices, rematerialised).
 
     Example:
-    >>> offsets = neighbour_offsets(3, 2)
-    >>> local_logits(q, k, offsets, pad=2).shape   # q, k: (1, 9, 9, 1, 8)
+    >>> q = k = keras.ops.ones((1, 9, 9, 1, 8))
+    >>> tuple(local_logits(q, k, neighbour_offsets(3, 2), pad=2).shape)
     (1, 9, 9, 1, 9)
     """
     if _backend() == "jax":
