@@ -224,15 +224,17 @@ def test_matches_numpy_reference_of_eq8(padding, impl, num_heads):
 
 
 @pytest.mark.jax
-# 1 head: the output conv is folded into the values; 2 heads: Eq. (8) literally.
-@pytest.mark.parametrize("padding, num_heads", [("zeros", 1), ("mask", 2)])
-def test_slices_and_patches_match_eq8_on_every_backend(padding, num_heads):
+# 12 values over 2 heads: the slices fold the output conv into the value
+# projection (2 x 5 < 12); 6 values: Eq. (8) literally.
+@pytest.mark.parametrize("padding, value_channels", [("zeros", 12), ("mask", 6)])
+def test_slices_and_patches_match_eq8_on_every_backend(padding, value_channels):
     """On TF and on JAX: both impls equal the NumPy Eq. (8), outputs and affinities."""
     xg, xl = _inputs(2, 5, 7, seed=3)
-    layer = LDv2(kernel_size=3, dilation_rate=2, padding=padding, num_heads=num_heads, **SMALL)
+    layer = LDv2(kernel_size=3, dilation_rate=2, padding=padding, num_heads=2,
+                 **{**SMALL, "value_channels": value_channels})
     layer([xg, xl])
     _randomize(layer, seed=4)
-    assert layer.folds_output_projection is (num_heads == 1)
+    assert layer.folds_output_projection is (value_channels == 12)
     patches = LDv2.from_config({**layer.get_config(), "impl": "patches", "name": "patches"})
     patches([xg, xl])
     patches.set_weights(layer.get_weights())
