@@ -246,6 +246,31 @@ def test_slices_and_patches_match_eq8_on_every_backend(padding, value_channels):
         np.testing.assert_allclose(att, expected_att, rtol=1e-5, atol=1e-6, err_msg=impl.impl)
 
 
+def _input_gradients(layer, xg, xl, cotangent):
+    """d sum(layer([xg, xl]) * cotangent) / d(xg, xl), on the current backend."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        loss = lambda a, b: keras.ops.sum(layer([a, b], training=False) * cotangent)  # noqa: E731
+        return jax.jit(jax.grad(loss, argnums=(0, 1)))(xg, xl)
+    _, grads = _values_and_grads(layer, xg, xl, tf.constant(cotangent))
+    return grads[:2]
+
+
+@pytest.mark.jax
+def test_slices_and_patches_input_gradients_agree_on_every_backend():
+    """Gradients through the whole layer (folded output conv, masked softmax):
+    the slices' (TF: custom; JAX: autodiff of the scan) equal the reference's."""
+    slices, patches, (xg, xl) = _pair((5, 7), padding="mask", num_heads=2, value_channels=12)
+    assert slices.folds_output_projection
+    cotangent = np.random.default_rng(2).standard_normal((2, 5, 7, 5 + CL)).astype("float32")
+    got = _input_gradients(slices, xg, xl, cotangent)
+    want = _input_gradients(patches, xg, xl, cotangent)
+    for name, a, b in zip(("x_global", "x_local"), got, want):
+        assert_close_relative(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b),
+                              rtol=1e-5, err_msg=name)
+
+
 def test_zero_padding_neighbours_have_zero_logit():
     """padding="zeros": out-of-image neighbours share one weight exp(0)/Z per position."""
     xg, xl = _inputs(1, 2, 2, seed=5)
