@@ -10,9 +10,10 @@ details; each is an explicit option here (see `LDv1`), and
 import math
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 from keras_gald.layers.norm import batch_norm
+from keras_gald.ops.local_attention import assert_min_height_width
 from keras_gald.ops.resize import resize_bilinear
 
 PADDINGS = ("symmetric", "valid")
@@ -63,8 +64,8 @@ class LDv1(keras.layers.Layer):
 
     `LDv1(C, **AUTHORS_LDV1_OPTIONS)` reproduces the authors' module exactly.
     With `padding="valid"`, an input smaller than the minimum raises a
-    `ValueError` (static shapes) or `tf.errors.InvalidArgumentError` (shapes
-    known only at run time) naming the minimum size.
+    `ValueError` (static shapes) or, in TensorFlow graphs with shapes known
+    only at run time, `tf.errors.InvalidArgumentError`, naming the minimum size.
 
     `compute_mask_map(x)` returns the mask `M` itself (e.g. to plot the
     channel-mean mask of the paper's Fig. 7).
@@ -83,8 +84,8 @@ class LDv1(keras.layers.Layer):
 
     Example:
     >>> ld = LDv1()  # paper defaults: works on a 9x13 map (1/8 of 65x97)
-    >>> ld(keras.ops.ones((1, 9, 13, 32))).shape
-    TensorShape([1, 9, 13, 32])
+    >>> tuple(ld(keras.ops.ones((1, 9, 13, 32))).shape)
+    (1, 9, 13, 32)
     >>> authors = LDv1(**AUTHORS_LDV1_OPTIONS)  # needs H, W >= 15
     """
 
@@ -167,41 +168,36 @@ class LDv1(keras.layers.Layer):
     def compute_mask_map(self, inputs, training=None):
         """Returns the mask `M` (same shape as `inputs`), before `M * x + x`.
 
-        Takes concrete tensors / arrays (eager or inside `tf.function`), not
-        symbolic `keras.Input`s; BatchNorm runs in inference mode unless
-        `training=True`.
+        Takes concrete tensors / arrays (eager, inside `tf.function` or
+        `jax.jit`), not symbolic `keras.Input`s; BatchNorm runs in inference
+        mode unless `training=True`.
         """
-        x = tf.convert_to_tensor(inputs)
-        if x.dtype.name != self.compute_dtype:
-            x = tf.cast(x, self.compute_dtype)
+        x = ops.convert_to_tensor(inputs)
+        if keras.backend.standardize_dtype(x.dtype) != self.compute_dtype:
+            x = ops.cast(x, self.compute_dtype)
         if not self.built:
             self.build(tuple(x.shape))
-        static = tuple(x.shape)
-        self._check_static_size(static)
-        shape = tf.shape(x)
-        height, width = shape[1], shape[2]
-        checks = []
-        if self.padding == "valid" and (static[1] is None or static[2] is None):
-            message = self._size_error()
-            checks = [
-                tf.debugging.assert_greater_equal(height, self.min_input_size, message=message),
-                tf.debugging.assert_greater_equal(width, self.min_input_size, message=message),
-            ]
-        with tf.control_dependencies(checks):
-            y = tf.identity(x)
+        self._check_static_size(tuple(x.shape))
+        _, height, width, _ = ops.shape(x)
+        y = x
+        if self.padding == "valid":
+            # Sizes known only at run time (TensorFlow graphs): checked then.
+            y = assert_min_height_width(y, self.min_input_size, self._size_error())
+        # Eq. (1): W_d, n blocks of strided depthwise conv + BN + ReLU ...
         last = self.num_convs - 1
         for i, (conv, bn) in enumerate(zip(self.dconv_convs, self.dconv_bns)):
             if self.padding == "symmetric":
-                y = tf.pad(y, [[0, 0], [1, 1], [1, 1], [0, 0]])
+                y = ops.pad(y, ((0, 0), (1, 1), (1, 1), (0, 0)))
             y = bn(conv(y), training=training)
             if i < last or self.mask_activation == "relu_sigmoid":
-                y = tf.nn.relu(y)
+                y = ops.relu(y)
+        # ... upsampled back to the input size and squashed into M.
         y = resize_bilinear(y, (height, width), self.align_corners)
-        return tf.sigmoid(y)
+        return ops.sigmoid(y)
 
     def call(self, inputs, training=None):
         mask = self.compute_mask_map(inputs, training=training)
-        return inputs * mask + inputs
+        return inputs * mask + inputs  # Eq. (2): X_gald = M * X_g + X_g
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)

@@ -10,35 +10,44 @@ feature `X_l` (Fig. 5(b)) and handed to the segmentation head.
 
 Two implementations compute the same numbers:
 
-* `impl="patches"`: the reference. `tf.image.extract_patches(rates=r)` builds
-  the `(N, H, W, k*k*C)` neighbourhood tensors of keys and values, then two
+* `impl="patches"`: the reference. The `(N, H, W, k*k, heads, d)`
+  neighbourhood tensors of keys and values (`tf.image.extract_patches` on
+  TensorFlow, `jax.lax.conv_general_dilated_patches` on JAX), then two
   einsums. Simple and obviously right, but it materialises `k^2` (25 by
   default) copies of the key and value maps, forward and backward.
 * `impl="slices"` (default): pads the key/value maps once and takes `k^2`
   shifted slices; the logits of neighbour `n` are `sum_c q * shift_n(k)`, the
   output `sum_n w_n * shift_n(v)`. Only `(N, H, W, heads, k^2)` logits and
-  weights are stacked. TF's autodiff of that loop would keep `k^2` gradient
-  tensors of the full `(N, H, W, C)` size alive for one `AddN` (and pad every
-  one of them back to the padded size), so both primitives carry a custom
-  gradient written with the same shifted-slice accumulation; see
-  `keras_gald.ops.local_attention`. It also applies the output 1x1 conv before the sum,
-  folded into the value projection, when that narrows the summed values
-  (`LDv2.folds_output_projection`).
+  weights are stacked. On TensorFlow both primitives carry a custom gradient
+  written with the same shifted-slice accumulation (TF's autodiff would keep
+  `k^2` full-size gradient tensors alive for one `AddN`); on JAX the slices
+  are the steps of a `lax.scan` that JAX differentiates. See
+  `keras_gald.ops.local_attention`.
+  It also applies the output 1x1 conv before the sum, folded into the value
+  projection, when that narrows the summed values (`LDv2.folds_output_projection`).
+
+The kernels live in `keras_gald.ops.local_attention`; this file holds the
+weights and Eq. (8) in `keras.ops`, so it runs on the TensorFlow and JAX
+backends with the same weights.
 """
 
 import math
 
 import keras
-import tensorflow as tf
+from keras import ops
 
-from keras_gald.layers.conv import DilatedConv2D, pointwise_conv2d
+from keras_gald.layers.conv import DilatedConv2D
 from keras_gald.layers.norm import batch_norm
 from keras_gald.ops import Policy
-from keras_gald.ops.local_attention import (
+from keras_gald.ops.local_attention import (  # noqa: F401  (neighbour_offsets: re-exported)
+    assert_same_height_width,
     local_aggregate,
+    local_aggregate_reference,
     local_logits,
+    local_logits_reference,
     neighbour_offsets,
     valid_neighbours,
+    valid_neighbours_reference,
 )
 
 _PADDINGS = ("zeros", "mask")
@@ -99,9 +108,10 @@ class LDv2(keras.layers.Layer):
     a once-padded map with custom gradients; never builds an `N x k^2 x C`
     tensor, forward or backward; folds the output conv into the value
     projection, see `folds_output_projection`) and `"patches"` (reference,
-    `tf.image.extract_patches`). Both give the same values and gradients;
-    both work under `tf.function(jit_compile=True)`; `"slices"` exports to
-    ONNX (opset 17) with dynamic batch and spatial size.
+    materialised neighbourhoods). Both give the same values and gradients on
+    either backend; both work under `tf.function(jit_compile=True)` and
+    `jax.jit`; `"slices"` exports to ONNX (opset 17) with dynamic batch and
+    spatial size (TensorFlow).
 
     Args:
         kernel_size: odd int `k`, neighbourhood is `k x k`. Default 5.
@@ -120,7 +130,8 @@ class LDv2(keras.layers.Layer):
         combine: `"concat"` (default) returns `concat([X_gald, X_l])`;
             `"none"` returns `X_gald` alone.
         impl: `"slices"` (default) or `"patches"`.
-        jit_slices: with `impl="slices"`, run each shifted-slice primitive
+        jit_slices: TensorFlow only (JAX compiles everything with XLA anyway):
+            with `impl="slices"`, run each shifted-slice primitive
             (logits, weighted sum and their gradients) as an XLA-compiled
             function when the layer is traced into a graph (`model.predict`,
             `fit`, `tf.function`); the rest of the model is unaffected. XLA
@@ -147,10 +158,10 @@ class LDv2(keras.layers.Layer):
     Example:
     >>> ld = LDv2()
     >>> xg = keras.ops.zeros((1, 33, 47, 256)); xl = keras.ops.zeros((1, 33, 47, 2048))
-    >>> ld([xg, xl]).shape
-    TensorShape([1, 33, 47, 2304])
-    >>> ld.attention_weights([xg, xl]).shape
-    TensorShape([1, 33, 47, 1, 25])
+    >>> tuple(ld([xg, xl]).shape)
+    (1, 33, 47, 2304)
+    >>> tuple(ld.attention_weights([xg, xl]).shape)
+    (1, 33, 47, 1, 25)
     """
 
     def __init__(
@@ -296,11 +307,10 @@ class LDv2(keras.layers.Layer):
     # -------------------------------------------------------------------- maths
 
     def _split_heads(self, x):
-        shape = tf.shape(x)
+        """`(N, H, W, heads * d)` -> `(N, H, W, heads, d)`."""
+        batch, height, width, channels = ops.shape(x)
         heads = self.num_heads
-        return tf.reshape(
-            x, tf.stack([shape[0], shape[1], shape[2], heads, x.shape[-1] // heads])
-        )
+        return ops.reshape(x, (batch, height, width, heads, channels // heads))
 
     def _prepare(self, inputs):
         """Checks inputs, returns `(x_local, q, k, v)`: q, k, v float32 (N,H,W,h,d)."""
@@ -311,28 +321,21 @@ class LDv2(keras.layers.Layer):
             )
         x_global, x_local = inputs
         self._check_shapes([tuple(x_global.shape), tuple(x_local.shape)])
-        x_global = tf.cast(x_global, self.compute_dtype)
-        x_local = tf.cast(x_local, self.compute_dtype)
-        if None in (x_global.shape[1], x_local.shape[1], x_global.shape[2], x_local.shape[2]):
-            # Static shapes were checked above; dynamic ones are checked at run
-            # time (the Assert compiles to nothing under XLA and is dropped by tf2onnx).
-            g_hw, l_hw = tf.shape(x_global)[1:3], tf.shape(x_local)[1:3]
-            with tf.control_dependencies(
-                [
-                    tf.debugging.assert_equal(
-                        g_hw, l_hw, message="LDv2: x_global and x_local must share H and W"
-                    )
-                ]
-            ):
-                x_local = tf.identity(x_local)
-        x = tf.concat([x_global, x_local], axis=-1)
-        q = self._split_heads(tf.cast(self.query_conv(x), tf.float32))
-        k = self._split_heads(tf.cast(self.key_conv(x), tf.float32))
+        x_global = ops.cast(x_global, self.compute_dtype)
+        x_local = ops.cast(x_local, self.compute_dtype)
+        # Static shapes were checked above; dynamic ones (TensorFlow graphs) are
+        # checked at run time.
+        x_local = assert_same_height_width(
+            x_global, x_local, "LDv2: x_global and x_local must share H and W"
+        )
+        x = ops.concatenate([x_global, x_local], axis=-1)
+        q = self._split_heads(ops.cast(self.query_conv(x), "float32"))
+        k = self._split_heads(ops.cast(self.key_conv(x), "float32"))
         if self.folds_output_projection:
             v = self._folded_values(x)
         else:
             v = self.value_conv(x)
-        v = self._split_heads(tf.cast(v, tf.float32))
+        v = self._split_heads(ops.cast(v, "float32"))
         if self.scale:
             q = q * (1.0 / math.sqrt(self.key_channels // self.num_heads))
         return x_local, q, k, v
@@ -367,56 +370,34 @@ class LDv2(keras.layers.Layer):
         depth = self.value_channels // heads
         c_in = x.shape[-1]
         # (heads, C_in, d) @ (heads, d, C_out) -> (C_in, heads * C_out)
-        w_v = tf.transpose(tf.reshape(self.value_conv.kernel, [c_in, heads, depth]), [1, 0, 2])
-        w_o = tf.reshape(self.out_conv.kernel, [heads, depth, c_out])
-        kernel = tf.reshape(tf.transpose(tf.matmul(w_v, w_o), [1, 0, 2]), [1, 1, c_in, -1])
-        bias = tf.reshape(tf.matmul(tf.reshape(self.value_conv.bias, [heads, 1, depth]), w_o), [-1])
-        kernel = tf.cast(kernel, self.compute_dtype)
-        return tf.nn.bias_add(pointwise_conv2d(x, kernel), tf.cast(bias, self.compute_dtype))
-
-    def _patches(self, x):
-        """(N,H,W,h,d) -> (N,H,W,K,h,d) neighbourhoods via extract_patches."""
-        kk = self.kernel_size
-        shape = tf.shape(x)
-        # An explicit channel count: tf2onnx turns a -1 here into a Reshape with two -1s.
-        flat = tf.reshape(x, tf.stack([shape[0], shape[1], shape[2], shape[3] * shape[4]]))
-        patches = tf.image.extract_patches(
-            flat,
-            sizes=[1, kk, kk, 1],
-            strides=[1, 1, 1, 1],
-            rates=[1, self.dilation_rate, self.dilation_rate, 1],
-            padding="SAME",
-        )
-        return tf.reshape(
-            patches, tf.concat([shape[:3], [kk * kk], shape[3:]], axis=0)
-        )
+        w_v = ops.transpose(ops.reshape(self.value_conv.kernel, (c_in, heads, depth)), (1, 0, 2))
+        w_o = ops.reshape(self.out_conv.kernel, (heads, depth, c_out))
+        kernel = ops.reshape(ops.transpose(ops.matmul(w_v, w_o), (1, 0, 2)), (1, 1, c_in, -1))
+        bias = ops.reshape(ops.matmul(ops.reshape(self.value_conv.bias, (heads, 1, depth)), w_o), (-1,))
+        kernel = ops.cast(kernel, self.compute_dtype)
+        # The value conv's own 1x1 convolution (the library's kernel on each
+        # backend), applied with the folded kernel.
+        values = self.value_conv.convolution_op(x, kernel)
+        return ops.add(values, ops.cast(bias, self.compute_dtype))
 
     def _logits(self, q, k):
         if self.impl == "patches":
-            logits = tf.einsum("nyxhd,nyxkhd->nyxhk", q, self._patches(k))
+            logits = local_logits_reference(q, k, self.kernel_size, self.dilation_rate)
         else:
             logits = local_logits(q, k, self._offsets, self._pad, jit=self._jit_slices())
         if self.padding == "mask":
-            logits = tf.where(self._valid(q), logits, _MASKED_LOGIT)
+            logits = ops.where(self._valid(q), logits, _MASKED_LOGIT)
         return logits
 
     def _valid(self, q):
-        height, width = tf.shape(q)[1], tf.shape(q)[2]
+        _, height, width, _, _ = ops.shape(q)
         if self.impl == "patches":
-            ones = tf.ones(tf.stack([1, height, width, 1]), tf.float32)
-            patches = tf.image.extract_patches(
-                ones,
-                sizes=[1, self.kernel_size, self.kernel_size, 1],
-                strides=[1, 1, 1, 1],
-                rates=[1, self.dilation_rate, self.dilation_rate, 1],
-                padding="SAME",
-            )
-            return (patches > 0.5)[:, :, :, None, :]
+            return valid_neighbours_reference(height, width, self.kernel_size, self.dilation_rate)
         return valid_neighbours(height, width, self._offsets)
 
     def _aggregate(self, w, v):
         if self.impl == "patches":
-            return tf.einsum("nyxhk,nyxkhd->nyxhd", w, self._patches(v))
+            return local_aggregate_reference(w, v, self.kernel_size, self.dilation_rate)
         return local_aggregate(w, v, self._offsets, self._pad, jit=self._jit_slices())
 
     def attention_weights(self, inputs):
@@ -431,27 +412,29 @@ class LDv2(keras.layers.Layer):
                 self._check_shapes(inputs)  # raises the usual error
             self.build([tuple(t.shape) for t in inputs])
         _, q, k, _ = self._prepare(inputs)
-        return tf.nn.softmax(self._logits(q, k), axis=-1)
+        return ops.softmax(self._logits(q, k), axis=-1)
 
     def call(self, inputs, training=None):
         x_local, q, k, v = self._prepare(inputs)
-        weights = tf.nn.softmax(self._logits(q, k), axis=-1)
+        # Eq. (8): softmax over the k^2 neighbours, then their weighted values.
+        weights = ops.softmax(self._logits(q, k), axis=-1)
         attended = self._aggregate(weights, v)
         if self.folds_output_projection:
             # Heads hold their share of the output conv: summing them completes it
             # (one head: a size-1 reduction, which Grappler and XLA turn into a reshape).
-            x_gald = tf.cast(tf.reduce_sum(attended, axis=3), self.compute_dtype)
+            x_gald = ops.cast(ops.sum(attended, axis=3), self.compute_dtype)
         else:
-            shape = tf.shape(attended)
-            attended = tf.reshape(attended, tf.concat([shape[:3], [self.value_channels]], axis=0))
-            x_gald = tf.cast(attended, self.compute_dtype)
+            batch, height, width, _, _ = ops.shape(attended)
+            # An explicit channel count (no -1): tf2onnx handles it better.
+            attended = ops.reshape(attended, (batch, height, width, self.value_channels))
+            x_gald = ops.cast(attended, self.compute_dtype)
             if self.output_projection:
                 x_gald = self.out_conv(x_gald)
         if self.output_projection:
             x_gald = self.out_bn(x_gald, training=training)
-            x_gald = tf.nn.relu(x_gald)
+            x_gald = ops.relu(x_gald)
         if self.combine == "concat":
-            return tf.concat([x_gald, x_local], axis=-1)
+            return ops.concatenate([x_gald, x_local], axis=-1)
         return x_gald
 
     def _jit_slices(self):

@@ -2,7 +2,7 @@
 see `keras_gald.ops.resize`)."""
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 from keras_gald.ops.resize import resize_bilinear
 
@@ -11,7 +11,8 @@ from keras_gald.ops.resize import resize_bilinear
 class ResizeLike(keras.layers.Layer):
     """Resizes `inputs[0]` bilinearly to the spatial size of `inputs[1]`.
 
-    Works with dynamic H, W (the target size is read at run time).
+    Works with dynamic H, W in TensorFlow graphs (the target size is then read
+    at run time).
 
     Args:
         align_corners: see `resize_bilinear`.
@@ -20,8 +21,8 @@ class ResizeLike(keras.layers.Layer):
 
     Example:
     >>> x = keras.ops.ones((1, 9, 13, 4)); ref = keras.ops.ones((1, 65, 97, 3))
-    >>> ResizeLike()([x, ref]).shape
-    TensorShape([1, 65, 97, 4])
+    >>> tuple(ResizeLike()([x, ref]).shape)
+    (1, 65, 97, 4)
     """
 
     def __init__(self, align_corners=False, **kwargs):
@@ -30,7 +31,7 @@ class ResizeLike(keras.layers.Layer):
 
     def call(self, inputs):
         x, reference = inputs
-        shape = tf.shape(reference)
+        shape = ops.shape(reference)
         return resize_bilinear(x, (shape[1], shape[2]), self.align_corners)
 
     def compute_output_shape(self, input_shape):

@@ -35,8 +35,9 @@ def numpy_ldv1_mask(layer, x, pad):
     """Float64 NumPy reference of the LDv1 mask with PyTorch padding `pad`."""
     y = x.astype(np.float64)
     n_convs = len(layer.dconv_convs)
+    value = keras.ops.convert_to_numpy
     for i, (conv, bn) in enumerate(zip(layer.dconv_convs, layer.dconv_bns)):
-        k = conv.kernel.numpy()[:, :, :, 0].astype(np.float64)
+        k = value(conv.kernel)[:, :, :, 0].astype(np.float64)
         y = np.pad(y, [(0, 0), (pad, pad), (pad, pad), (0, 0)])
         h = (y.shape[1] - 3) // 2 + 1
         w = (y.shape[2] - 3) // 2 + 1
@@ -44,9 +45,9 @@ def numpy_ldv1_mask(layer, x, pad):
         for a in range(3):
             for b in range(3):
                 out += y[:, a:a + 2 * h:2, b:b + 2 * w:2, :] * k[a, b]
-        out += conv.bias.numpy()
-        out = (out - bn.moving_mean.numpy()) / np.sqrt(bn.moving_variance.numpy() + 1e-5)
-        y = out * bn.gamma.numpy() + bn.beta.numpy()
+        out += value(conv.bias)
+        out = (out - value(bn.moving_mean)) / np.sqrt(value(bn.moving_variance) + 1e-5)
+        y = out * value(bn.gamma) + value(bn.beta)
         if i < n_convs - 1 or layer.mask_activation == "relu_sigmoid":
             y = np.maximum(y, 0)
     y = _resize_axis(y, 1, x.shape[1], layer.align_corners)
@@ -100,6 +101,28 @@ def test_symmetric_padding_is_pytorch_padding_1(shape, align_corners):
     out = layer(x).numpy()
     assert out.shape == shape
     np.testing.assert_allclose(out, x * mask + x, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.jax
+@pytest.mark.parametrize(
+    "options, shape, pad",
+    [({}, (1, 9, 13, 8), 1), (AUTHORS_LDV1_OPTIONS, (2, 17, 19, 8), 0)],
+)
+def test_forward_matches_numpy_on_every_backend(options, shape, pad):
+    """On TF and on JAX: the paper's defaults (symmetric padding, sigmoid,
+    half-pixel upsampling) and the authors' options (valid, ReLU + sigmoid,
+    align_corners), mask and output, against the float64 NumPy reference."""
+    layer = LDv1(**options)
+    x = random_input_legacy(shape)
+    layer.build(x.shape)
+    randomize_weights(layer, seed=2)
+    mask = keras.ops.convert_to_numpy(layer.compute_mask_map(x))
+    np.testing.assert_allclose(mask, numpy_ldv1_mask(layer, x, pad=pad), atol=1e-5)
+    out = keras.ops.convert_to_numpy(layer(x))
+    assert out.shape == shape
+    np.testing.assert_allclose(out, x * mask + x, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="at least 15x15"):
+        LDv1(padding="valid")(np.zeros((1, 9, 13, 4), "float32"))
 
 
 def test_paper_default_vs_authors_mask_range():

@@ -159,7 +159,7 @@ def test_bigger_odd_map_default_geometry():
 
 def _numpy_ldv2(layer, xg, xl):
     """Eq. (8) written out with loops, plus the output conv/BN(inference)/ReLU and concat."""
-    w = {v.path.split("/", 1)[1]: v.numpy() for v in layer.weights}
+    w = {v.path.split("/", 1)[1]: keras.ops.convert_to_numpy(v) for v in layer.weights}
     x = np.concatenate([xg, xl], -1).astype(np.float64)
     proj = lambda name: x @ w[f"{name}/kernel"][0, 0] + w[f"{name}/bias"]
     q, k, v = proj("query_conv"), proj("key_conv"), proj("value_conv")
@@ -221,6 +221,54 @@ def test_matches_numpy_reference_of_eq8(padding, impl, num_heads):
         assert np.all(att[:, 0, 0, :, outside] == 0.0)
     else:
         assert np.all(att[:, 0, 0, :, outside] > 0.0)
+
+
+@pytest.mark.jax
+# 12 values over 2 heads: the slices fold the output conv into the value
+# projection (2 x 5 < 12); 6 values: Eq. (8) literally.
+@pytest.mark.parametrize("padding, value_channels", [("zeros", 12), ("mask", 6)])
+def test_slices_and_patches_match_eq8_on_every_backend(padding, value_channels):
+    """On TF and on JAX: both impls equal the NumPy Eq. (8), outputs and affinities."""
+    xg, xl = _inputs(2, 5, 7, seed=3)
+    layer = LDv2(kernel_size=3, dilation_rate=2, padding=padding, num_heads=2,
+                 **{**SMALL, "value_channels": value_channels})
+    layer([xg, xl])
+    _randomize(layer, seed=4)
+    assert layer.folds_output_projection is (value_channels == 12)
+    patches = LDv2.from_config({**layer.get_config(), "impl": "patches", "name": "patches"})
+    patches([xg, xl])
+    patches.set_weights(layer.get_weights())
+    expected, expected_att = _numpy_ldv2(layer, xg, xl)
+    for impl in (layer, patches):
+        got = keras.ops.convert_to_numpy(impl([xg, xl], training=False))
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5, err_msg=impl.impl)
+        att = keras.ops.convert_to_numpy(impl.attention_weights([xg, xl]))
+        np.testing.assert_allclose(att, expected_att, rtol=1e-5, atol=1e-6, err_msg=impl.impl)
+
+
+def _input_gradients(layer, xg, xl, cotangent):
+    """d sum(layer([xg, xl]) * cotangent) / d(xg, xl), on the current backend."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        loss = lambda a, b: keras.ops.sum(layer([a, b], training=False) * cotangent)  # noqa: E731
+        return jax.jit(jax.grad(loss, argnums=(0, 1)))(xg, xl)
+    _, grads = _values_and_grads(layer, xg, xl, tf.constant(cotangent))
+    return grads[:2]
+
+
+@pytest.mark.jax
+def test_slices_and_patches_input_gradients_agree_on_every_backend():
+    """Gradients through the whole layer (folded output conv, masked softmax):
+    the slices' (TF: custom; JAX: autodiff of the scan) equal the reference's."""
+    slices, patches, (xg, xl) = _pair((5, 7), padding="mask", num_heads=2, value_channels=12)
+    assert slices.folds_output_projection
+    cotangent = np.random.default_rng(2).standard_normal((2, 5, 7, 5 + CL)).astype("float32")
+    got = _input_gradients(slices, xg, xl, cotangent)
+    want = _input_gradients(patches, xg, xl, cotangent)
+    for name, a, b in zip(("x_global", "x_local"), got, want):
+        assert_close_relative(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b),
+                              rtol=1e-5, err_msg=name)
 
 
 def test_zero_padding_neighbours_have_zero_logit():
@@ -557,6 +605,7 @@ def test_onnx_export_dynamic_batch_and_size(tmp_path):
 # ------------------------------------------------------------------- errors
 
 
+@pytest.mark.jax
 def test_errors_for_wrong_inputs():
     xg, xl = _inputs(1, 6, 6)
     with pytest.raises(ValueError, match="list of two tensors"):
@@ -572,7 +621,11 @@ def test_errors_for_wrong_inputs():
     gi, li = keras.Input((8, 8, CG)), keras.Input((8, 9, CL))
     with pytest.raises(ValueError, match="must share W"):
         LDv2(**SMALL)([gi, li])
-    # built layer, mismatch only visible at run time (dynamic H, W)
+
+
+def test_errors_for_mismatch_seen_at_run_time():
+    """TensorFlow graphs with dynamic H, W: checked when they run."""
+    xg, xl = _inputs(1, 6, 6)
     layer = LDv2(**SMALL)
     layer([xg, xl])
     fn = tf.function(
