@@ -49,6 +49,20 @@ def _on_tensorflow():
     return keras.backend.backend() == "tensorflow"
 
 
+def check_sync_bn_backend(sync_bn):
+    """Raises a clear `ValueError` for `sync_bn=True` off TensorFlow.
+
+    Synchronized BatchNorm all-reduces its statistics over a `tf.distribute`
+    strategy's replicas; Keras has it on TensorFlow only (elsewhere it fails deep
+    inside the first BatchNorm layer). Model factories call this first.
+    """
+    if sync_bn and not _on_tensorflow():
+        raise ValueError(
+            "sync_bn=True (synchronized BatchNorm across tf.distribute replicas) is "
+            f"TensorFlow-only; on the {keras.backend.backend()} backend build the model "
+            "with sync_bn=False, or train with KERAS_BACKEND=tensorflow.")
+
+
 def _tf():
     # TensorFlow only where the TF-only strategy code runs: JAX users never import it here.
     import tensorflow as tf
