@@ -193,6 +193,10 @@ def test_tensorflow_only_features_are_refused_clearly():
     model = _stand_in_segmenter()
     with pytest.raises(ValueError, match="KERAS_BACKEND=tensorflow keras-gald export"):
         model.export("unused.onnx", format="onnx")
+    from keras_gald import export
+
+    with pytest.raises(ValueError, match="KERAS_BACKEND=tensorflow keras-gald export"):
+        export.to_onnx(model, "unused.onnx")
 
 
 # ---------------------------------------------------------------- GALD on the backend
