@@ -34,10 +34,10 @@ The strategy code above is TensorFlow's (`tf.distribute`); TensorFlow is importe
 only on that backend. On JAX, Keras' own functional `train_step(state, data)` /
 `test_step` run unchanged around this class's backend-neutral `compute_loss`
 (main + auxiliary loss) and `compute_metrics` (main logits). What only exists
-on TensorFlow is refused with a `ValueError` at `compile`: synchronized
-BatchNorm (cross-replica all-reduce) and a multi-replica `tf.distribute`
-strategy. `export` routes through TensorFlow's converters and names the
-`KERAS_BACKEND=tensorflow` command instead.
+on TensorFlow is refused with a one-line `ValueError`: synchronized BatchNorm
+(cross-replica all-reduce) by the model factories (`check_sync_bn_backend`) and
+at `compile`; several devices or a cluster by `keras_gald.distribute`; `export`
+(TensorFlow's converters) names the `KERAS_BACKEND=tensorflow` command instead.
 """
 
 import keras
