@@ -11,6 +11,9 @@ Runs the `--sections` in this order, each described in its module:
   conv by each method; the LDv2 layer alone.
 - `memory` (`common/memory.py`): peak memory of the ASPP head and the LDv2
   block on the 1/8 map of a 1024x2048 image, each in its own process.
+- `jax` (`speed_sections/jax_backend.py`, what `--backend jax` runs): forward and
+  training step of `--jax-configs` on TensorFlow, on JAX (in a child process with
+  `KERAS_BACKEND=jax`) and on PyTorch, timed in turns.
 
 Timings are medians of `--repeats` calls after `--warmup` calls (the first
 call, which includes tracing / XLA compilation, is `first_ms`); Keras and
@@ -29,6 +32,8 @@ Usage (from the repository root; `pip install -e .[bench]` for PyTorch):
     python benchmarks/speed.py --configs r50_aspp,r50_aspp_ldv2 --modes fp32,fp32_xla
     python benchmarks/speed.py --sections peak,ldv2_block,memory --repeats 10
     python benchmarks/speed.py --large --torch-compile --json runs/speed_full.json
+    python benchmarks/speed.py --backend jax            # R50+ASPP+LDv2, official v1 R50
+    python benchmarks/speed.py --backend jax --quick    # smoke test (tiny_aspp_ldv2)
 
 The default set is long on a small CPU (R50 ASPP+LDv2 at 512x512 is ~460
 GFLOP per forward; hours on 2 cores): trim it with `--configs`, `--modes`,
@@ -58,6 +63,7 @@ from common.models import (CONFIG_SETS, CONFIGS, LARGE_CONFIG, LARGE_SIZE, MODES
                            import_torch)
 from common.report import log, write_json  # noqa: E402
 from speed_sections.forward import ld_overhead, measure_forward, measure_ld_turns  # noqa: E402
+from speed_sections.jax_backend import measure_jax  # noqa: E402
 from speed_sections.kernels import measure_dilated_conv, measure_ldv2_block  # noqa: E402
 from speed_sections.peak import measure_peak  # noqa: E402
 from speed_sections.tables import print_tables  # noqa: E402
@@ -66,6 +72,9 @@ from speed_sections.train import (measure_optimizer, measure_train,  # noqa: E40
 
 SECTIONS = ("peak", "forward", "ld_turns", "train", "train_layers", "optimizer", "ldv2_block",
             "dilated_conv", "memory")
+# Run by `--backend jax` (or named in --sections); not part of the default TF set.
+EXTRA_SECTIONS = ("jax",)
+JAX_CONFIGS = ("r50_aspp_ldv2,official_v1_r50", "tiny_aspp_ldv2")
 # (full, --quick) defaults of the size / repeat settings.
 SETTINGS = {
     "size": (512, 128),
@@ -94,8 +103,14 @@ def parse_args(argv=None):
                         help="configs of the training section (default: --configs without "
                         "backbones; --quick without --configs: tiny_aspp_ldv2)")
     parser.add_argument("--modes", default=",".join(MODES), help=f"subset of {','.join(MODES)}")
-    parser.add_argument("--sections", default=",".join(SECTIONS),
-                        help=f"subset of {','.join(SECTIONS)}")
+    parser.add_argument("--sections",
+                        help=f"subset of {','.join(SECTIONS + EXTRA_SECTIONS)} (default: all "
+                        "but jax; with --backend jax: jax)")
+    parser.add_argument("--backend", choices=("tensorflow", "jax"), default="tensorflow",
+                        help="jax: time --jax-configs on JAX (child process), TensorFlow "
+                        "and PyTorch in turns (the `jax` section)")
+    parser.add_argument("--jax-configs",
+                        help=f"configs of the jax section ({JAX_CONFIGS[0]}; quick {JAX_CONFIGS[1]})")
     parser.add_argument("--repeats", type=int, help="timed calls per measurement (5; quick 2)")
     parser.add_argument("--warmup", type=int, help="untimed calls first (1)")
     parser.add_argument("--threads", type=int,
@@ -161,9 +176,18 @@ def parse_args(argv=None):
     if backbones:
         parser.error(f"--train-configs: backbones have no loss: {backbones}")
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if args.sections is None:
+        args.sections = "jax" if args.backend == "jax" else ",".join(SECTIONS)
     args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    if args.backend == "jax" and "jax" not in args.sections:
+        args.sections.append("jax")
+    args.jax_configs = expand(args.jax_configs or JAX_CONFIGS[index])
+    bad = [n for n in args.jax_configs if CONFIGS[n]["kind"] == "backbone"]
+    if bad:
+        parser.error(f"--jax-configs: backbones have no loss: {bad}")
     args.memory_blocks = [b.strip() for b in args.memory_blocks.split(",") if b.strip()]
-    for what, values, valid in (("mode", args.modes, MODES), ("section", args.sections, SECTIONS),
+    for what, values, valid in (("mode", args.modes, MODES),
+                                ("section", args.sections, SECTIONS + EXTRA_SECTIONS),
                                 ("memory block", args.memory_blocks, MEMORY_BLOCKS)):
         bad = [v for v in values if v not in valid]
         if bad:
@@ -240,6 +264,8 @@ def main(argv=None):
         measure_ldv2_block(args, torch, torch_ref, results)
     if "memory" in args.sections:
         measure_memory(args, results)
+    if "jax" in args.sections:
+        measure_jax(args, torch, torch_ref, results)
 
     results["machine"]["loadavg_end"] = list(os.getloadavg())
     results["wall_seconds"] = time.perf_counter() - started

@@ -1,4 +1,8 @@
-"""keras_gald: GALD scene parsing networks for Keras 3 / TensorFlow.
+"""keras_gald: GALD scene parsing networks for Keras 3 (TensorFlow and JAX backends).
+
+The models, layers, losses, training (`fit`) and inference run on `KERAS_BACKEND=tensorflow`
+or `jax` with the same `.keras` files; the data pipelines are `tf.data` on both, and
+multi-device training (`tf.distribute`, SyncBN) and export are TensorFlow's.
 
 Subpackages: `ops` (kernels and machine detection), `layers` (GA and LD blocks), `backbones` (dilated ResNets),
 `models` (the GALD factory), `data` (tf.data pipelines), `losses`, `metrics`,

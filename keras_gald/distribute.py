@@ -8,6 +8,11 @@
 * `resolve_xla_and_sync_bn(xla, sync_bn, replicas, on_gpu)` turns the `None` (automatic)
   / `True` / `False` settings into what a run can use.
 
+Several devices and clusters are `tf.distribute`'s, so TensorFlow-only: on another Keras
+backend (JAX) `configure_devices` / `make_strategy` accept one device (the default
+strategy, whose scope changes nothing there) and raise a `ValueError` naming
+`KERAS_BACKEND=tensorflow` for more devices or a `TF_CONFIG` cluster.
+
 Example:
     >>> from keras_gald import distribute
     >>> gpus, n_cpu = distribute.configure_devices(2)      # before any TF op
@@ -19,7 +24,7 @@ Example:
 import json
 import os
 
-import tensorflow as tf
+import keras
 
 __all__ = ["tf_config", "is_multi_worker", "is_chief", "configure_devices", "make_strategy",
            "resolve_xla_and_sync_bn"]
@@ -48,11 +53,27 @@ def is_chief():
                                and "chief" not in cfg.get("cluster", {}))
 
 
+def _check_tensorflow_for(devices):
+    """Raises the off-TensorFlow `ValueError` for several devices or a cluster."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        return
+    if is_multi_worker() or (devices or 1) > 1:
+        what = "a TF_CONFIG cluster" if is_multi_worker() else f"devices={devices}"
+        raise ValueError(
+            f"{what}: multi-device and multi-worker training use tf.distribute and are "
+            f"TensorFlow-only; on the {backend} backend train on one device (devices=1, "
+            "no TF_CONFIG), or run with KERAS_BACKEND=tensorflow.")
+
+
 def configure_devices(devices):
     """Splits the CPU into `devices` logical devices if there is no GPU.
 
     Returns `(gpus, n_cpu)`: the physical GPUs and the number of logical CPUs.
     """
+    _check_tensorflow_for(devices)
+    import tensorflow as tf
+
     gpus = tf.config.list_physical_devices("GPU")
     for gpu in gpus:
         try:
@@ -74,6 +95,9 @@ def configure_devices(devices):
 
 def make_strategy(devices, gpus, n_cpu):
     """-> `(strategy, description, is_chief, worker_index)`."""
+    _check_tensorflow_for(devices)
+    import tensorflow as tf
+
     if is_multi_worker():
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
         task = tf_config().get("task", {})

@@ -14,6 +14,10 @@ benchmarks, so that the numbers they report are computed the same way:
    `keras_gald.metrics` (classes absent from ground truth and prediction: IoU NaN, left
    out of the mean).
 
+Any Keras backend: the data set is a `tf.data` pipeline (or any iterable of NumPy-able
+batches) on every backend, the forward passes are `keras_gald.inference`'s, the rest is
+NumPy.
+
 Example:
     >>> from keras_gald import data, evaluation
     >>> source = data.camvid("/data/camvid", "val")
@@ -122,7 +126,9 @@ def evaluate(model, dataset, num_classes, class_names=None, *, sliding=None, str
         scores = predict_logits(model, _scaled(images, float(eval_scale)), sliding, stride,
                                 scales, flip)
         if scores.shape[1:3] != masks.shape[1:3]:
-            scores = resize_bilinear(tf.constant(scores), masks.shape[1:3]).numpy()
+            scores = np.asarray(resize_bilinear(
+                tf.constant(scores) if keras.backend.backend() == "tensorflow" else scores,
+                masks.shape[1:3]))
         preds = scores.argmax(-1).astype(np.int32)
         confusion += metrics.confusion_matrix_np(masks, preds, num_classes, ignore_index)
         for b in range(len(preds)):

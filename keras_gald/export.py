@@ -23,6 +23,10 @@
 Every file / folder is written under a temporary name and renamed into place
 (`keras_gald.io`), so an interrupted export never leaves a half-written file.
 
+TensorFlow backend only: every format converts a traced TF graph. On another Keras
+backend the exporters raise a `ValueError` naming the route: save the model as
+`.keras` (same weights on every backend) and export it under `KERAS_BACKEND=tensorflow`.
+
 Example:
     >>> from keras_gald import export
     >>> export.to_saved_model(model, "/tmp/gald_sm")
@@ -52,6 +56,15 @@ def _portable(export_fn):
     # LDv2 primitives): converters need them inlined, servers may lack XLA.
     @functools.wraps(export_fn)
     def wrapper(*args, **kwargs):
+        import keras
+
+        if keras.backend.backend() != "tensorflow":
+            raise ValueError(
+                f"keras_gald.export.{export_fn.__name__} converts a TensorFlow graph and "
+                f"is not available on the {keras.backend.backend()} backend; save the "
+                "model (model.save('m.keras')) and export it with TensorFlow: "
+                "KERAS_BACKEND=tensorflow keras-gald export --model m.keras "
+                "--format saved_model|onnx|tflite --out PATH")
         with portable_ops():
             return export_fn(*args, **kwargs)
 

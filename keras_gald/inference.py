@@ -1,8 +1,13 @@
 """Inference helpers: whole-image, sliding-window and multi-scale / flip prediction.
 
 All functions take *normalised* float images (what `keras_gald.data.make_eval_dataset`
-yields), `(N, H, W, 3)` or a single `(H, W, 3)` image, NumPy or TF, and return NumPy
+yields), `(N, H, W, 3)` or a single `(H, W, 3)` image, NumPy, TF or JAX, and return NumPy
 float32 `(N, H, W, C)` at the input size (a single image in -> `(1, H, W, C)` out).
+
+Every Keras backend: the forward pass is a `tf.function` on TensorFlow (as before) and
+a `jax.jit` of the model's `stateless_call` on JAX (one compilation per input shape;
+sliding windows keep the tile shape fixed); the rest is NumPy. Resizes are bilinear with
+half-pixel centres (`tf.image.resize` on TensorFlow, `keras.ops.image.resize` elsewhere).
 
 * `predict_whole`: one forward pass per batch (any `H, W`, not only multiples of 8).
 * `predict_sliding`: the authors' tiled evaluation. Tiles of `crop_size` start every
@@ -31,8 +36,8 @@ Example:
 import math
 import weakref
 
+import keras
 import numpy as np
-import tensorflow as tf
 
 __all__ = ["predict_whole", "predict_sliding", "predict_multiscale", "logits_function"]
 
@@ -44,15 +49,54 @@ def _inference_model(model):
     return getter() if callable(getter) else model
 
 
+def _on_tensorflow():
+    return keras.backend.backend() == "tensorflow"
+
+
 def logits_function(model):
-    """A cached `tf.function` `images float32 (N, H, W, 3) -> logits float32` (dynamic
-    `N, H, W`, one trace) for `model` (a `Segmenter`'s inference graph, or any Keras
-    model / callable returning logits)."""
+    """A cached function `images float32 (N, H, W, 3) -> logits float32` for `model` (a
+    `Segmenter`'s inference graph, or any Keras model / callable returning logits).
+
+    TensorFlow: a `tf.function` (dynamic `N, H, W`, one trace). JAX: a `jax.jit` of
+    `stateless_call` over the model's current weights (a Keras model; any other callable
+    is called as it is)."""
     try:
         return _FUNCTIONS[model]
     except (KeyError, TypeError):
         pass
     net = _inference_model(model)
+    forward = _tf_logits_function(net) if _on_tensorflow() else _jax_logits_function(net)
+    try:
+        _FUNCTIONS[model] = forward
+    except TypeError:
+        pass
+    return forward
+
+
+def _logits_of(out):
+    return out["logits"] if isinstance(out, dict) else out
+
+
+def _jax_logits_function(net):
+    if keras.backend.backend() != "jax" or not isinstance(net, keras.Model):
+        return lambda images: keras.ops.cast(_logits_of(net(images, training=False)), "float32")
+    import jax
+
+    @jax.jit
+    def stateless(trainable, non_trainable, images):
+        out, _ = net.stateless_call(trainable, non_trainable, images, training=False)
+        return keras.ops.cast(_logits_of(out), "float32")
+
+    def forward(images):
+        # The weights are read at every call: a model trained further predicts with its new weights.
+        return stateless([v.value for v in net.trainable_variables],
+                         [v.value for v in net.non_trainable_variables], images)
+
+    return forward
+
+
+def _tf_logits_function(net):
+    import tensorflow as tf
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)],
                  reduce_retracing=True)
@@ -62,16 +106,31 @@ def logits_function(model):
             out = out["logits"]
         return tf.cast(out, tf.float32)
 
-    try:
-        _FUNCTIONS[model] = forward
-    except TypeError:
-        pass
     return forward
 
 
+def _run(forward, images):
+    """`forward` on a NumPy batch -> NumPy float32 logits."""
+    if _on_tensorflow():
+        import tensorflow as tf
+
+        return forward(tf.constant(images)).numpy()
+    return np.asarray(forward(images))
+
+
+def _resize(x, size):
+    """Bilinear resize (half-pixel centres) of a NumPy `(N, H, W, C)` batch to `size`."""
+    if _on_tensorflow():
+        import tensorflow as tf
+
+        return tf.image.resize(x, size, method="bilinear").numpy()
+    resized = keras.ops.image.resize(x, tuple(int(v) for v in size), interpolation="bilinear",
+                                     antialias=False)
+    return np.asarray(resized, np.float32)
+
+
 def _as_batch(images):
-    images = np.asarray(images, np.float32) if not tf.is_tensor(images) else images.numpy()
-    images = np.asarray(images, np.float32)
+    images = np.asarray(images, np.float32)  # NumPy, TF or JAX arrays
     if images.ndim == 3:
         images = images[None]
     if images.ndim != 4 or images.shape[-1] != 3:
@@ -102,10 +161,10 @@ def predict_whole(model, images, batch_size=None):
     images = _as_batch(images)
     forward = logits_function(model)
     step = batch_size or len(images)
-    outs = [forward(tf.constant(images[i:i + step])).numpy() for i in range(0, len(images), step)]
+    outs = [_run(forward, images[i:i + step]) for i in range(0, len(images), step)]
     out = np.concatenate(outs, axis=0)
     if out.shape[1:3] != images.shape[1:3]:
-        out = tf.image.resize(out, images.shape[1:3], method="bilinear").numpy()
+        out = _resize(out, images.shape[1:3])
     return out.astype(np.float32, copy=False)
 
 
@@ -164,7 +223,7 @@ def predict_sliding(model, image_batch, crop_size=(832, 832), stride=None, batch
             tiles = np.zeros((len(chunk), crop[0], crop[1], 3), np.float32)
             for i, (y0, y1, x0, x1) in enumerate(chunk):
                 tiles[i, : y1 - y0, : x1 - x0] = images[b, y0:y1, x0:x1]
-            logits = forward(tf.constant(tiles)).numpy()
+            logits = _run(forward, tiles)
             if acc is None:
                 acc = np.zeros((height, width, logits.shape[-1]), np.float32)
             for i, (y0, y1, x0, x1) in enumerate(chunk):
@@ -218,14 +277,14 @@ def predict_multiscale(model, images, scales=(1.0,), flip=True, sliding=None, av
             size = (max(1, int(round(height * scale))), max(1, int(round(width * scale))))
             x = images[b:b + 1]
             if size != (height, width):
-                x = tf.image.resize(x, size, method="bilinear").numpy()
+                x = _resize(x, size)
             views = [(x, False)] + ([(x[:, :, ::-1], True)] if flip else [])
             for view, flipped in views:
                 logits = run(np.ascontiguousarray(view))
                 if flipped:
                     logits = logits[:, ::-1]
                 if size != (height, width):
-                    logits = tf.image.resize(logits[None], (height, width), method="bilinear")[0].numpy()
+                    logits = _resize(logits[None], (height, width))[0]
                 logits = np.array(logits, np.float32)
                 term = _softmax(logits) if average == "probs" else logits
                 acc = term if acc is None else acc + term

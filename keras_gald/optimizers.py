@@ -8,10 +8,13 @@ momentum). On the authors' GALD v1 ResNet-50 (52.4 M trainable weights) one
 update takes 174.3 ms with Keras' ops and 46.3 ms fused on a 2-core CPU
 (PyTorch's SGD: 49.0 ms; `benchmarks/speed.py --sections optimizer`,
 `benchmarks/results/train_r50_cpu.json`).
+
+Both are backend-neutral: on JAX (and any non-TensorFlow backend) `SGD` is
+Keras' own SGD (XLA fuses the update inside the jitted train step) and `PolyLR`
+is `keras.ops` maths. TensorFlow is imported only on its backend.
 """
 
 import keras
-import tensorflow as tf
 
 
 @keras.saving.register_keras_serializable(package="keras_gald")
@@ -31,7 +34,11 @@ class SGD(keras.optimizers.SGD):
     """
 
     def update_step(self, gradient, variable, learning_rate):
-        if keras.backend.backend() != "tensorflow" or isinstance(gradient, tf.IndexedSlices):
+        if keras.backend.backend() != "tensorflow":
+            return super().update_step(gradient, variable, learning_rate)
+        import tensorflow as tf
+
+        if isinstance(gradient, tf.IndexedSlices):
             return super().update_step(gradient, variable, learning_rate)
         var = variable.value if isinstance(variable, keras.Variable) else variable
         lr = tf.cast(learning_rate, var.dtype)

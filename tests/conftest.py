@@ -71,9 +71,23 @@ def kernel_policy():
 
 
 def pytest_collection_modifyitems(config, items):
-    """Long training runs (`@pytest.mark.slow`) first, the rest in file order.
+    """Off TensorFlow only `@pytest.mark.jax` tests run; long runs (`slow`) go first.
 
-    Under the README's `-n 2` both workers then start on long runs and the short tests
-    fill in around them, instead of the last long runs ending the suite alone.
+    The backend is fixed per process (`KERAS_BACKEND`), and most of the suite tests
+    TensorFlow paths (strategies, export, tf.data): under another backend every test
+    not marked `jax` is deselected, so `KERAS_BACKEND=jax pytest tests` runs the
+    backend-neutral part whatever `-m` says.
+
+    Long training runs first: under the README's `-n 2` both workers then start on
+    long runs and the short tests fill in around them, instead of the last long runs
+    ending the suite alone.
     """
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        kept = [item for item in items if item.get_closest_marker("jax") is not None]
+        deselected = [item for item in items if item.get_closest_marker("jax") is None]
+        if deselected:
+            config.hook.pytest_deselected(items=deselected)
+            items[:] = kept
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -626,6 +626,15 @@ def main(argv=None):
     print("resolved config:\n" + config.to_json())
     if args.print_config:
         return 0
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        # Resuming relies on tf.train.Checkpoint of the variables, devices on tf.distribute.
+        raise errors.UserError(
+            f"keras-gald train runs on the TensorFlow backend (checkpoints, resume and "
+            f"devices use tf.train / tf.distribute); KERAS_BACKEND is "
+            f"{keras.backend.backend()!r}: run it with KERAS_BACKEND=tensorflow (the .keras "
+            "model it saves loads on JAX), or train on JAX with model.fit directly")
     from keras_gald import distribute
 
     if distribute.is_chief():

@@ -132,3 +132,15 @@ def print_tables(results):
     for r in backbones:
         log(f"backbone {r['config']} {r['mode']} {r['input']}: {r['pct_conv_peak']:.0f}% of the "
             "conv peak (target: >= 80% for fp32 at full size; benchmarks/README.md)")
+
+    jax_rows = results.get("jax", [])
+    if jax_rows:
+        log("\n== Backends in turns (ms median; JAX in a KERAS_BACKEND=jax child process) ==")
+        for r in jax_rows:
+            head = f"{r['section']:<8}{r['config']:<18}{r['input']:<14}{r['backend']:<12}"
+            if "error" in r:
+                log(head + f" ERROR {r['error'][:80]}")
+                continue
+            ratios = "  ".join(f"{k[len('jax_over_'):-len('_paired')]} x{v:.2f}"
+                               for k, v in r.items() if k.startswith("jax_over_"))
+            log(head + f"{r['ms']:>10.1f}" + (f"   JAX / {ratios}" if ratios else ""))

@@ -20,7 +20,7 @@ from keras_gald.layers.norm import batch_norm
 from keras_gald.layers.psp import PSP
 from keras_gald.layers.resize import ResizeLike
 from keras_gald.models.input_check import InputCheck
-from keras_gald.models.segmenter import Segmenter
+from keras_gald.models.segmenter import Segmenter, check_sync_bn_backend
 
 GA_CHOICES = ("aspp", "psp", "nonlocal", "cgnl", None)
 LD_CHOICES = ("v1", "v2", None)
@@ -128,7 +128,8 @@ def GALD(
         head_channels: width of the head convs (and of PSP / non-local GA).
         aspp_filters: ASPP output width.
         dropout: dropout before the classifier.
-        sync_bn: synchronized BatchNorm across replicas.
+        sync_bn: synchronized BatchNorm across replicas (TensorFlow only: a
+            `ValueError` on other backends).
         aspp_dropout: spatial dropout inside ASPP after its bottleneck (the
             authors' 0.1; independent of `dropout`).
         ldv2_kwargs: extra `LDv2` arguments (`kernel_size`, `dilation`, `impl`, ...).
@@ -156,6 +157,7 @@ def GALD(
         raise ValueError(f"num_classes must be >= 1; got {num_classes!r}")
     if len(input_shape) != 3 or input_shape[-1] is None:
         raise ValueError(f"input_shape must be (H, W, C) with a known C; got {input_shape!r}")
+    check_sync_bn_backend(sync_bn)
     ldv2_kwargs = dict(ldv2_kwargs or {})
 
     images = keras.Input(shape=tuple(input_shape), name="images")

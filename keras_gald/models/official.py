@@ -62,7 +62,7 @@ from keras_gald.layers.ldv1 import AUTHORS_LDV1_OPTIONS, min_valid_size
 from keras_gald.layers.norm import batch_norm
 from keras_gald.layers.resize import ResizeLike
 from keras_gald.models.input_check import InputCheck
-from keras_gald.models.segmenter import Segmenter
+from keras_gald.models.segmenter import Segmenter, check_sync_bn_backend
 
 DEPTHS = (50, 101)
 OUTPUT_STRIDE = 8
@@ -237,7 +237,8 @@ def official_gald_v1(
             way the rest of keras_gald predicts.
         aux_head: build the `dsn` auxiliary head (training only; its weights
             are part of the authors' checkpoints).
-        sync_bn: synchronized BatchNorm everywhere.
+        sync_bn: synchronized BatchNorm everywhere (TensorFlow only: a `ValueError`
+            on other backends).
         name: model name (default `official_gald_v1_res{depth}`).
 
     Returns:
@@ -262,6 +263,7 @@ def official_gald_v1(
             f"input_shape must be (H, W, 3) (the authors' stem takes RGB/BGR images); "
             f"got {input_shape!r}"
         )
+    check_sync_bn_backend(sync_bn)
 
     images = keras.Input(shape=input_shape, name="images")
     checked = InputCheck(channels=3, min_size=min_input_size(), name="input_check")(images)

@@ -27,12 +27,47 @@ Keras' own step. Cross-replica collectives cannot run inside that function, so:
   non-trainable variables outside SyncBN layers) are averaged over the replicas, so all replicas hold
   the same weights. The non-compiled multi-replica step does the same, so both
   paths train the same model.
+
+Other backends (JAX)
+--------------------
+The strategy code above is TensorFlow's (`tf.distribute`); TensorFlow is imported
+only on that backend. On JAX, Keras' own functional `train_step(state, data)` /
+`test_step` run unchanged around this class's backend-neutral `compute_loss`
+(main + auxiliary loss) and `compute_metrics` (main logits). What only exists
+on TensorFlow is refused with a one-line `ValueError`: synchronized BatchNorm
+(cross-replica all-reduce) by the model factories (`check_sync_bn_backend`) and
+at `compile`; several devices or a cluster by `keras_gald.distribute`; `export`
+(TensorFlow's converters) names the `KERAS_BACKEND=tensorflow` command instead.
 """
 
 import keras
-import tensorflow as tf
 
 from keras_gald.losses import SegmentationCrossEntropy
+
+
+def _on_tensorflow():
+    return keras.backend.backend() == "tensorflow"
+
+
+def check_sync_bn_backend(sync_bn):
+    """Raises a clear `ValueError` for `sync_bn=True` off TensorFlow.
+
+    Synchronized BatchNorm all-reduces its statistics over a `tf.distribute`
+    strategy's replicas; Keras has it on TensorFlow only (elsewhere it fails deep
+    inside the first BatchNorm layer). Model factories call this first.
+    """
+    if sync_bn and not _on_tensorflow():
+        raise ValueError(
+            "sync_bn=True (synchronized BatchNorm across tf.distribute replicas) is "
+            f"TensorFlow-only; on the {keras.backend.backend()} backend build the model "
+            "with sync_bn=False, or train with KERAS_BACKEND=tensorflow.")
+
+
+def _tf():
+    # TensorFlow only where the TF-only strategy code runs: JAX users never import it here.
+    import tensorflow as tf
+
+    return tf
 
 
 @keras.saving.register_keras_serializable(package="keras_gald")
@@ -112,9 +147,15 @@ class Segmenter(keras.Model):
 
         Raises:
             ValueError: `jit_compile=True` under several replicas with a
-                SyncBN model or a `distributed_mean="global"` loss.
+                SyncBN model or a `distributed_mean="global"` loss; on a
+                backend other than TensorFlow, a SyncBN model (the
+                cross-replica all-reduce is TensorFlow's).
         """
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        if _on_tensorflow():
+            replicas = _tf().distribute.get_strategy().num_replicas_in_sync
+        else:
+            self._check_backend_support()
+            replicas = 1
         replica_xla = jit_compile is True and replicas > 1
         super().compile(*args, jit_compile=False if replica_xla else jit_compile, **kwargs)
         if aux_loss == "auto":
@@ -131,7 +172,7 @@ class Segmenter(keras.Model):
         if replica_xla:
             self._check_replica_xla(self.loss, replicas)
             # Created once here: replicas trace `train_step` concurrently.
-            self._replica_xla_step = tf.function(
+            self._replica_xla_step = _tf().function(
                 self._forward_backward, jit_compile=True, reduce_retracing=True)
 
     @property
@@ -139,9 +180,24 @@ class Segmenter(keras.Model):
         """True when training runs a per-replica XLA-compiled step."""
         return getattr(self, "_replica_xla_step", None) is not None
 
-    def _check_replica_xla(self, loss, replicas):
-        sync = sorted(layer.name for layer in self._flatten_layers()
+    def _synchronized_layers(self):
+        return sorted(layer.name for layer in self._flatten_layers()
                       if getattr(layer, "synchronized", False))
+
+    def _check_backend_support(self):
+        """Refuses, off TensorFlow, what only the TensorFlow trainer implements."""
+        backend = keras.backend.backend()
+        sync = self._synchronized_layers()
+        if sync:
+            # Keras' BatchNormalization ignores `synchronized` off TensorFlow: training
+            # would silently use per-device statistics.
+            raise ValueError(
+                f"synchronized BatchNorm (sync_bn=True, e.g. layer {sync[0]!r}) is "
+                f"TensorFlow-only; on the {backend} backend build the model with "
+                "sync_bn=False, or train with KERAS_BACKEND=tensorflow.")
+
+    def _check_replica_xla(self, loss, replicas):
+        sync = self._synchronized_layers()
         if sync:
             raise ValueError(
                 f"jit_compile=True over {replicas} replicas compiles each replica's step "
@@ -171,7 +227,12 @@ class Segmenter(keras.Model):
             return
         super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
-    def train_step(self, data):
+    def train_step(self, *args):
+        # Keras' JAX trainer calls `train_step(state, data)` (functional): its own step
+        # already goes through `compute_loss` / `compute_metrics` below.
+        if not _on_tensorflow():
+            return super().train_step(*args)
+        (data,) = args
         if self.replica_xla:
             logs = self._replica_xla_train_step(data)
         else:
@@ -181,6 +242,7 @@ class Segmenter(keras.Model):
 
     def _forward_backward(self, x, y, sample_weight):
         """Loss, gradients and outputs of one replica's batch (compiled with XLA)."""
+        tf = _tf()
         with tf.GradientTape() as tape:
             y_pred = self(x, training=True)
             loss = self._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
@@ -193,6 +255,7 @@ class Segmenter(keras.Model):
         # compiled function; the gradient all-reduce stays in `apply_gradients`.
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         loss, grads, y_pred = self._replica_xla_step(x, y, sample_weight)
+        tf = _tf()
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         # Losses arrive pre-divided by the replica count (Keras sums replicas' losses).
         self._loss_tracker.update_state(loss * replicas, sample_weight=tf.shape(x)[0])
@@ -206,6 +269,7 @@ class Segmenter(keras.Model):
         (PyTorch DDP keeps rank 0's); the mean keeps every replica identical and
         uses the whole global batch.
         """
+        tf = _tf()
         ctx = tf.distribute.get_replica_context()
         if ctx is None or ctx.num_replicas_in_sync == 1:
             return
@@ -220,8 +284,10 @@ class Segmenter(keras.Model):
         for v, mean in zip(state, means):
             v.assign(mean)
 
-    def test_step(self, data):
-        return _rank1_logs_for_multi_worker(super().test_step(data))
+    def test_step(self, *args):
+        if not _on_tensorflow():  # JAX: `test_step(state, data)`
+            return super().test_step(*args)
+        return _rank1_logs_for_multi_worker(super().test_step(*args))
 
     @staticmethod
     def _split(y_pred):
@@ -259,8 +325,16 @@ class Segmenter(keras.Model):
           `[keras.InputSpec(shape=(1, 256, 256, 3))]` (dynamic sizes need Flex ops
           and are refused before converting).
 
-        Other formats raise `ValueError`.
+        Other formats raise `ValueError`. Every format converts through TensorFlow,
+        so on another backend this raises a `ValueError` naming the TensorFlow route
+        (the `.keras` file loads there with the same weights).
         """
+        if not _on_tensorflow():
+            raise ValueError(
+                f"GALD export converts through TensorFlow and is not available on the "
+                f"{keras.backend.backend()} backend; save the model (model.save('m.keras')) "
+                "and export it with TensorFlow: KERAS_BACKEND=tensorflow keras-gald export "
+                "--model m.keras --format saved_model|onnx|tflite --out PATH")
         # `keras_gald.export` depends only on `layers` / `data`, not on `models`, so this
         # call-time import adds no cycle.
         from keras_gald import export as export_lib
@@ -296,6 +370,7 @@ def _rank1_logs_for_multi_worker(logs):
     scalars ("Invalid reduction dimension 0 for input with 0 dimensions"); a `(1,)`
     value reduces over that axis to the same scalar mean.
     """
+    tf = _tf()
     strategy = tf.distribute.get_strategy()
     extended = getattr(strategy, "extended", None)
     multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and getattr(

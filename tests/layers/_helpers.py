@@ -1,4 +1,10 @@
-"""Helpers shared by the layer tests in `tests/layers` (not collected: no `test_` prefix)."""
+"""Helpers shared by the layer tests in `tests/layers` (not collected: no `test_` prefix).
+
+Backend-neutral unless named otherwise (`xla_calls`, `conv_loss_and_grads` and
+`bf16_matmul_error` look at TensorFlow graphs and kernels): the gradient helpers
+use `tf.GradientTape` on TensorFlow and `jax.value_and_grad` over
+`layer.stateless_call` on JAX, so the same test runs under `KERAS_BACKEND=jax`.
+"""
 
 import contextlib
 
@@ -33,7 +39,16 @@ def xla_calls(concrete):
 
 def conv_loss_and_grads(fn, x, k):
     """`[fn(x, k), d/dx, d/dk]` of `sum(y * sin(y))`: every output element gets its
-    own cotangent, so a wrong gradient cannot cancel out."""
+    own cotangent, so a wrong gradient cannot cancel out. (`jax.value_and_grad` on JAX.)"""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        def loss(x, k):
+            y = fn(x, k)
+            return keras.ops.sum(y * keras.ops.sin(y)), y
+
+        (_, y), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(x, k)
+        return [y, *grads]
     with tf.GradientTape() as tape:
         tape.watch([x, k])
         y = fn(x, k)
@@ -170,7 +185,7 @@ def bfloat16_twin(make_layer, x, seed):
     reference = make_layer()
     reference.build(x.shape)
     randomize_weights(reference, seed=seed)
-    expected = reference(x).numpy()
+    expected = np.asarray(reference(x))
 
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     layer = make_layer()
@@ -238,9 +253,13 @@ def projected_gradients(layer, x, projection, training=True, jit_compile=False):
     """Gradients of `sum(float32(layer(x)) * projection)` w.r.t. `layer.trainable_weights`.
 
     `projection` is an array (or tensor), or a callable taking the float32
-    output and returning one. With `jit_compile=True` the step runs under
-    `tf.function(jit_compile=True)`, as `model.fit` does by default.
+    output and returning one. With `jit_compile=True` the step is compiled with
+    XLA, as `model.fit` does by default: `tf.function(jit_compile=True)` on
+    TensorFlow, `jax.jit` on JAX. As in a training step, the layer's
+    non-trainable state (BatchNorm statistics) is updated when `training=True`.
     """
+    if keras.backend.backend() == "jax":
+        return _jax_projected_gradients(layer, x, projection, training, jit_compile)
 
     def step(x):
         with tf.GradientTape() as tape:
@@ -254,13 +273,39 @@ def projected_gradients(layer, x, projection, training=True, jit_compile=False):
     return step(tf.nest.map_structure(tf.convert_to_tensor, x))
 
 
+def _jax_projected_gradients(layer, x, projection, training, jit_compile):
+    """`projected_gradients` on JAX: `jax.value_and_grad` of the loss over
+    `layer.stateless_call`, jitted when `jit_compile`; the new non-trainable values
+    are assigned back as Keras' JAX trainer does after a step."""
+    import jax
+
+    trainable = [v.value for v in layer.trainable_variables]
+    non_trainable = [v.value for v in layer.non_trainable_variables]
+
+    def loss_fn(trainable, non_trainable, x):
+        y, non_trainable = layer.stateless_call(trainable, non_trainable, x, training=training)
+        y = keras.ops.cast(y, "float32")
+        weights = projection(y) if callable(projection) else projection
+        return keras.ops.sum(y * weights), non_trainable
+
+    step = jax.value_and_grad(loss_fn, has_aux=True)
+    if jit_compile:
+        step = jax.jit(step)
+    (_, non_trainable), grads = step(trainable, non_trainable, x)
+    for variable, value in zip(layer.non_trainable_variables, non_trainable):
+        variable.assign(value)
+    return grads
+
+
 def assert_gradients(weights, grads, nonzero=True, finite=False, dtype=None):
     """Every weight has a gradient: not None, of `dtype` (if given), finite (`finite=True`)
     and not all zero (`nonzero=True`). Failures name the weight's path."""
+    assert len(grads) == len(weights), (len(grads), len(weights))
     for weight, grad in zip(weights, grads):
         assert grad is not None, weight.path
         if dtype is not None:
-            assert grad.dtype == dtype, (weight.path, grad.dtype)
+            got = keras.backend.standardize_dtype(grad.dtype)
+            assert got == keras.backend.standardize_dtype(dtype), (weight.path, got)
         value = np.asarray(grad)
         if finite:
             assert np.isfinite(value).all(), weight.path
@@ -277,7 +322,7 @@ def assert_rejects_bad_nhwc(make_layer, bad_rank_shape=(2, 8, 8, 8, 3),
     "4D NHWC"; `build(unknown_channels_shape)` must name the "channel dimension".
     """
     with pytest.raises(ValueError, match="4D NHWC"):
-        make_layer()(tf.zeros((2, 8, 3)))
+        make_layer()(np.zeros((2, 8, 3), np.float32))
     with pytest.raises(ValueError, match="4D NHWC"):
         make_layer().compute_output_shape(bad_rank_shape)
     with pytest.raises(ValueError, match="channel dimension"):
@@ -321,7 +366,9 @@ def run_layer_test(make_layer, input_channels, output_channels, tmp_path,
        the same weights, computes the same output bit for bit.
     4. A `.keras` file of the model loads back to the same config and outputs.
     5. Under XLA, as `model.fit` compiles it, `training=True` gradients of a
-       random projection reach every trainable weight: present, finite, not all 0.
+       random projection reach every trainable weight: present, finite, not all 0
+       (`tf.GradientTape` in `tf.function(jit_compile=True)` on TensorFlow,
+       `jax.jit(jax.value_and_grad(...))` over `stateless_call` on JAX).
     6. Under `mixed_bfloat16` the layer computes in bfloat16 with float32
        variables, stays within `bf16_rtol` (relative to the output's scale) of
        the float32 layer, and its gradients are float32 and finite.
@@ -351,8 +398,8 @@ def run_layer_test(make_layer, input_channels, output_channels, tmp_path,
     assert_keras_round_trip(model, tmp_path / "layer.keras", [x for x, _ in eager],
                             type(layer), layer=layer, predict=False)
 
-    x = eager[0][0]
-    projection = lambda y: tf.random.stateless_normal(tf.shape(y), seed=(seed, 7))  # noqa: E731
+    x, y = eager[0]
+    projection = np.random.default_rng([seed, 7]).standard_normal(y.shape).astype(np.float32)
     grads = projected_gradients(layer, x, projection, training=True, jit_compile=True)
     assert_gradients(layer.trainable_weights, grads, finite=True)
 
@@ -365,8 +412,8 @@ def run_layer_test(make_layer, input_channels, output_channels, tmp_path,
         assert twin.compute_dtype == "bfloat16"
         assert all(w.dtype == "float32" for w in twin.weights), [w.dtype for w in twin.weights]
         y = twin(x, training=False)
-        assert y.dtype == tf.bfloat16, y.dtype
-        assert_close_relative(tf.cast(y, tf.float32), expected, rtol=bf16_rtol)
+        assert keras.backend.standardize_dtype(y.dtype) == "bfloat16", y.dtype
+        assert_close_relative(np.asarray(keras.ops.cast(y, "float32")), expected, rtol=bf16_rtol)
         grads = projected_gradients(twin, x, projection, training=True)
         assert_gradients(twin.trainable_weights, grads, nonzero=False, finite=True,
-                         dtype=tf.float32)
+                         dtype="float32")

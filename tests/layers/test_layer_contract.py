@@ -1,6 +1,6 @@
 """Every layer against the shared contract (`tests/layers/_helpers.py: run_layer_test`):
 odd and dynamic sizes, config and `.keras` round trips, gradients under XLA and
-mixed bfloat16. The per-layer files test the maths (references, the authors'
+mixed bfloat16, on TensorFlow and (`@pytest.mark.jax`) on JAX. The per-layer files test the maths (references, the authors'
 fixtures); this file tests that each layer behaves as a Keras layer should."""
 
 import os
@@ -34,6 +34,7 @@ CASES = {
 }
 
 
+@pytest.mark.jax
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_layer_contract(name, tmp_path):
     make_layer, input_channels, output_channels, *sizes = CASES[name]

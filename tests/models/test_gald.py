@@ -1,4 +1,8 @@
-"""The GALD factory: every GA x LD combination, arrangements, outputs, round trips, errors."""
+"""The GALD factory: every GA x LD combination, arrangements, outputs, round trips, errors.
+
+Tests marked `jax` also run under `KERAS_BACKEND=jax` (cheap ones: outputs, errors,
+the auxiliary loss); JAX training and cross-backend weights: `tests/models/test_backends.py`.
+"""
 
 import itertools
 
@@ -25,7 +29,7 @@ def test_every_ga_ld_combination_builds_and_runs(ga, ld):
     model = GALD(TINY, ga=ga, ld=ld, num_classes=5)
     logits = model(_images())
     assert logits.shape == (1, H, W, 5)
-    assert logits.dtype == tf.float32
+    assert keras.backend.standardize_dtype(logits.dtype) == "float32"
     assert np.isfinite(keras.ops.convert_to_numpy(logits)).all()
 
 
@@ -71,6 +75,7 @@ def test_arrangements(arrangement, ld):
     assert model(_images()).shape == (1, H, W, 4)
 
 
+@pytest.mark.jax
 def test_aux_head_only_in_training():
     model = GALD(TINY, ga="aspp", ld="v1", num_classes=3, aux_head=True)
     x = _images(2)
@@ -84,6 +89,7 @@ def test_aux_head_only_in_training():
     assert not any("aux" in layer.name for layer in inference.layers)
 
 
+@pytest.mark.jax
 def test_no_aux_head():
     model = GALD(TINY, ga=None, ld=None, num_classes=3, aux_head=False)
     assert set(model(_images(), training=True)) == {"logits"}
@@ -100,8 +106,9 @@ def test_mixed_bfloat16_returns_float32_logits():
     try:
         model = GALD(TINY, ga="aspp", ld="v2", num_classes=3)
         out = model(_images())
-        assert out.dtype == tf.float32 and out.shape == (1, H, W, 3)
-        assert np.isfinite(out.numpy()).all()
+        assert keras.backend.standardize_dtype(out.dtype) == "float32"
+        assert out.shape == (1, H, W, 3)
+        assert np.isfinite(keras.ops.convert_to_numpy(out)).all()
     finally:
         keras.mixed_precision.set_global_policy("float32")
 
@@ -139,10 +146,11 @@ def test_fit_trains_main_and_aux_heads():
     x = _images(2)
     y = np.random.default_rng(1).integers(0, 3, size=(2, H, W)).astype("int32")
     aux = model.get_layer("aux_classifier")
-    before = aux.kernel.numpy().copy()
+    before = keras.ops.convert_to_numpy(aux.kernel).copy()
     history = model.fit(x, y, epochs=1, batch_size=2, verbose=0)
     assert np.isfinite(history.history["loss"][0])
-    assert not np.allclose(before, aux.kernel.numpy()), "aux head received no gradient"
+    assert not np.allclose(before, keras.ops.convert_to_numpy(aux.kernel)), \
+        "aux head received no gradient"
 
 
 def test_gradients_reach_every_trainable_weight():
@@ -156,6 +164,7 @@ def test_gradients_reach_every_trainable_weight():
     assert not missing, missing
 
 
+@pytest.mark.jax
 @pytest.mark.parametrize(
     "kwargs,match",
     [
@@ -173,6 +182,7 @@ def test_bad_configuration_errors(kwargs, match):
         GALD(**args)
 
 
+@pytest.mark.jax
 def test_wrong_channel_count_error():
     model = GALD(TINY, ga=None, ld=None, num_classes=3)
     # Keras' input spec names the expected and the received shape.
@@ -184,6 +194,7 @@ def test_wrong_channel_count_error():
         )
 
 
+@pytest.mark.jax
 def test_too_small_input_error_names_minimum():
     model = GALD(TINY, ga="aspp", ld="v1", num_classes=3, input_shape=(None, None, 3))
     with pytest.raises((ValueError, tf.errors.InvalidArgumentError), match="minimum height and width is 16"):
@@ -208,6 +219,7 @@ def test_output_strides(output_stride, rates):
     assert tuple(model.get_layer("ga_aspp").dilation_rates) == rates
 
 
+@pytest.mark.jax
 def test_auto_aux_loss_follows_the_main_loss():
     """Mixing replica- and global-averaged losses would make a multi-replica step differ
     from the single-device one, so `aux_loss="auto"` copies the main loss's settings."""
