@@ -282,8 +282,12 @@ def _jax_projected_gradients(layer, x, projection, training, jit_compile):
     trainable = [v.value for v in layer.trainable_variables]
     non_trainable = [v.value for v in layer.non_trainable_variables]
 
+    # `layer(x, training=...)` drops `training` for layers whose `call` has none;
+    # `stateless_call` forwards it as given.
+    kwargs = {"training": training} if layer._call_has_training_arg else {}
+
     def loss_fn(trainable, non_trainable, x):
-        y, non_trainable = layer.stateless_call(trainable, non_trainable, x, training=training)
+        y, non_trainable = layer.stateless_call(trainable, non_trainable, x, **kwargs)
         y = keras.ops.cast(y, "float32")
         weights = projection(y) if callable(projection) else projection
         return keras.ops.sum(y * weights), non_trainable

@@ -75,7 +75,6 @@ def test_arrangements(arrangement, ld):
     assert model(_images()).shape == (1, H, W, 4)
 
 
-@pytest.mark.jax
 def test_aux_head_only_in_training():
     model = GALD(TINY, ga="aspp", ld="v1", num_classes=3, aux_head=True)
     x = _images(2)
@@ -89,7 +88,6 @@ def test_aux_head_only_in_training():
     assert not any("aux" in layer.name for layer in inference.layers)
 
 
-@pytest.mark.jax
 def test_no_aux_head():
     model = GALD(TINY, ga=None, ld=None, num_classes=3, aux_head=False)
     assert set(model(_images(), training=True)) == {"logits"}
@@ -219,7 +217,6 @@ def test_output_strides(output_stride, rates):
     assert tuple(model.get_layer("ga_aspp").dilation_rates) == rates
 
 
-@pytest.mark.jax
 def test_auto_aux_loss_follows_the_main_loss():
     """Mixing replica- and global-averaged losses would make a multi-replica step differ
     from the single-device one, so `aux_loss="auto"` copies the main loss's settings."""
