@@ -11,7 +11,7 @@ timed one (`common.timing.time_interleaved`).
 
 `train_layers`: every distinct conv and BatchNorm layer of those networks at
 the training crop, forward + backward, in turns: the library's layer
-(DilatedConv2D's hand-written gradients, FusedBatchNormalization), the stock
+(the library Conv2D's hand-written gradients, FusedBatchNormalization), the stock
 Keras layer of the same config (TF's gradients) and PyTorch's; totals per kind
 (1x1, 3x3 rate 1, dilated, strided, BN) weighted by how often each occurs.
 
@@ -137,13 +137,13 @@ def _train_layer_specs(model, batch):
     in `skipped`), deduplicated by class, config and input shape."""
     import keras
 
-    from keras_gald.layers.conv import DilatedConv2D
+    from keras_gald.layers.conv import Conv2D
 
     specs, skipped = {}, 0
     for layer in model._flatten_layers(include_self=False, recursive=True):
         if not isinstance(layer, (keras.layers.Conv2D, keras.layers.BatchNormalization)):
             continue
-        if isinstance(layer, keras.layers.Conv2D) and not isinstance(layer, DilatedConv2D):
+        if isinstance(layer, keras.layers.Conv2D) and not isinstance(layer, Conv2D):
             continue
         try:
             shape = (batch, *layer.input.shape[1:])
@@ -177,7 +177,7 @@ def _torch_twin_layer(torch, layer, shape):
 def measure_train_layers(args, torch, results):
     """Forward + backward (input and weight gradients, loss sum(y^2)) of each
     distinct conv and BatchNorm layer of the training configurations at the
-    training crop, in turns: the library's layer (`ours`: DilatedConv2D with
+    training crop, in turns: the library's layer (`ours`: the library's Conv2D with
     its hand-written gradients, FusedBatchNormalization), the stock Keras
     layer of the same config (`keras`: Conv2D / BatchNormalization with TF's
     own gradients) and PyTorch's (`torch_eager`, channels-last, train mode).

@@ -73,7 +73,7 @@ def _assign(variable, value, key):
 def load_conv(layer, state_dict, prefix):
     """Loads `prefix.weight` (and `prefix.bias` when the layer has one).
 
-    Handles `Conv2D` / `DilatedConv2D` (OIHW -> HWIO, grouped convs keep
+    Handles `keras.layers.Conv2D` / `keras_gald.layers.Conv2D` (OIHW -> HWIO, grouped convs keep
     PyTorch's contiguous grouping) and `DepthwiseConv2D` ((C,1,kh,kw) ->
     (kh,kw,C,1)).
     """

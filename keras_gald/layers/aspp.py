@@ -31,7 +31,7 @@ class ASPP(keras.layers.Layer):
        `"same"` padding (= PyTorch `padding=rate`).
     Then concat -> 1x1 conv (`filters`) -> BN -> ReLU -> channel dropout.
 
-    Each conv -> BN -> ReLU is a `ConvBNReLU` on the library's `DilatedConv2D`
+    Each conv -> BN -> ReLU is a `ConvBNReLU` on the library's `Conv2D`
     (native dilated kernels; 1x1 gradients as two matmuls), with the weights
     of `keras.layers.Conv2D` under the historical names (`conv1_conv`,
     `conv1_bn`, ..., `bottleneck_bn`).

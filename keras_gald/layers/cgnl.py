@@ -7,7 +7,7 @@ variant, where each channel group collapses to a single scalar affinity.
 
 import keras
 
-from keras_gald.layers.conv import DilatedConv2D
+from keras_gald.layers.conv import Conv2D
 
 GN_EPSILON = 1e-5
 
@@ -64,9 +64,9 @@ class CGNL(keras.layers.Layer):
                 f"CGNL: planes ({self.planes}) must be divisible by groups ({self.groups})"
             )
         conv_kwargs = dict(kernel_size=1, use_bias=False, dtype=self.dtype_policy)
-        self.t = DilatedConv2D(self.planes, name="t", **conv_kwargs)
-        self.p = DilatedConv2D(self.planes, name="p", **conv_kwargs)
-        self.g = DilatedConv2D(self.planes, name="g", **conv_kwargs)
+        self.t = Conv2D(self.planes, name="t", **conv_kwargs)
+        self.p = Conv2D(self.planes, name="p", **conv_kwargs)
+        self.g = Conv2D(self.planes, name="g", **conv_kwargs)
         # `z` and `gn` depend on the input channels: created in `build`.
         self.z = None
         self.gn = None

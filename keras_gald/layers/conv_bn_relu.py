@@ -18,14 +18,14 @@ helper itself holds no state Keras would save.
 
 import keras
 
-from keras_gald.layers.conv import DilatedConv2D
+from keras_gald.layers.conv import Conv2D
 from keras_gald.layers.norm import batch_norm
 
 
 class ConvBNReLU:
     """conv -> BatchNorm -> ReLU (the ReLU optional), sublayers owned by a layer.
 
-    The conv is the library's `DilatedConv2D` (the same `kernel`/`bias`
+    The conv is the library's `Conv2D` (the same `kernel`/`bias`
     variables as `keras.layers.Conv2D`, with the library's kernels: 1x1
     gradients as two matmuls, dilated and 3x3 kernels on its fast paths), a
     `keras.layers.DepthwiseConv2D` with `depthwise=True`, or `conv_layer`.
@@ -48,8 +48,12 @@ class ConvBNReLU:
         gamma_initializer: the BN's gamma initializer (`"zeros"` makes a
             residual branch start as the identity, as in `NonLocal`).
         conv_layer: the conv class for `depthwise=False`; default
-            `DilatedConv2D`.
+            `Conv2D`.
         dtype: the dtype policy of both sublayers (pass the owner's).
+        **conv_kwargs: more arguments of the conv (e.g. `kernel_initializer`).
+
+    In a functional model, `block.functional(x)` applies the conv, the BN and a
+    `keras.layers.ReLU` layer named `f"{name}_relu"`.
 
     Input shape: `(N, H, W, C)`. Output shape: `(N, H', W', filters)`.
 
@@ -83,16 +87,18 @@ class ConvBNReLU:
         gamma_initializer="ones",
         conv_layer=None,
         dtype=None,
+        **conv_kwargs,
     ):
         if depthwise:
             self.conv = keras.layers.DepthwiseConv2D(
                 kernel_size, strides=strides, padding=padding, dilation_rate=dilation_rate,
-                use_bias=use_bias, name=f"{name}_conv", dtype=dtype,
+                use_bias=use_bias, name=f"{name}_conv", dtype=dtype, **conv_kwargs,
             )
         else:
-            self.conv = (conv_layer or DilatedConv2D)(
+            self.conv = (conv_layer or Conv2D)(
                 filters, kernel_size, strides=strides, padding=padding,
                 dilation_rate=dilation_rate, use_bias=use_bias, name=f"{name}_conv", dtype=dtype,
+                **conv_kwargs,
             )
         self.bn = batch_norm(
             name=f"{name}_bn", synchronized=sync_bn, dtype=dtype,
@@ -115,6 +121,12 @@ class ConvBNReLU:
     def __call__(self, inputs, training=None):
         y = self.bn(self.conv(inputs), training=training)
         return keras.ops.relu(y) if self.relu else y
+
+    def functional(self, inputs):
+        """Applies the block to a `keras.KerasTensor` in a functional model, the
+        ReLU as a layer named `f"{name}_relu"` (the models' historical layer names)."""
+        y = self.bn(self.conv(inputs))
+        return keras.layers.ReLU(name=f"{self.name}_relu")(y) if self.relu else y
 
     def compute_output_shape(self, input_shape):
         return self.conv.compute_output_shape(tuple(input_shape))

@@ -36,7 +36,7 @@ import math
 import keras
 from keras import ops
 
-from keras_gald.layers.conv import DilatedConv2D
+from keras_gald.layers.conv import Conv2D
 from keras_gald.layers.norm import batch_norm
 from keras_gald.ops import Policy
 from keras_gald.ops.local_attention import (  # noqa: F401  (neighbour_offsets: re-exported)
@@ -221,16 +221,16 @@ class LDv2(keras.layers.Layer):
         self._pad = (self.kernel_size - 1) // 2 * self.dilation_rate
 
         # Query / key / value: W_theta, W_phi, W_g of Eq. (8).
-        # DilatedConv2D: at 1x1 the forward of keras.layers.Conv2D with its two
+        # Conv2D: at 1x1 the forward of keras.layers.Conv2D with its two
         # gradients as two matmuls instead of TF's CPU backprop kernels (see
         # `python benchmarks/speed.py --sections train_layers`); same weights.
-        self.query_conv = DilatedConv2D(
+        self.query_conv = Conv2D(
             self.key_channels, 1, name="query_conv", dtype=self.dtype_policy
         )
-        self.key_conv = DilatedConv2D(
+        self.key_conv = Conv2D(
             self.key_channels, 1, name="key_conv", dtype=self.dtype_policy
         )
-        self.value_conv = DilatedConv2D(
+        self.value_conv = Conv2D(
             self.value_channels, 1, name="value_conv", dtype=self.dtype_policy
         )
         # out_conv needs C_g when out_channels is None: created in build().
@@ -280,7 +280,7 @@ class LDv2(keras.layers.Layer):
         self.value_conv.build(x_shape)
         if self.output_projection:
             if self.out_conv is None:
-                self.out_conv = DilatedConv2D(
+                self.out_conv = Conv2D(
                     self._x_gald_channels(g_shape[-1]),
                     1,
                     use_bias=False,

@@ -14,7 +14,7 @@ two agree.
 
 import keras
 
-from keras_gald.layers.conv import DilatedConv2D
+from keras_gald.layers.conv import Conv2D
 from keras_gald.layers.conv_bn_relu import ConvBNReLU
 from keras_gald.layers.validation import check_nhwc as _check_nhwc
 
@@ -64,9 +64,9 @@ class NonLocal(keras.layers.Layer):
         inter = self._inter(c)
         policy = self.dtype_policy
         # 1x1 embeddings (Wang et al. keep their biases).
-        self.theta = DilatedConv2D(inter, 1, name="theta", dtype=policy)
-        self.phi = DilatedConv2D(inter, 1, name="phi", dtype=policy)
-        self.g = DilatedConv2D(inter, 1, name="g", dtype=policy)
+        self.theta = Conv2D(inter, 1, name="theta", dtype=policy)
+        self.phi = Conv2D(inter, 1, name="phi", dtype=policy)
+        self.g = Conv2D(inter, 1, name="g", dtype=policy)
         self.pool = keras.layers.MaxPooling2D(2, 2, padding="same", name="pool", dtype=policy)
         # W: 1x1 conv + BN with gamma = 0, no ReLU (the block starts as identity).
         self.w_block = ConvBNReLU(

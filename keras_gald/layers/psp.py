@@ -35,7 +35,7 @@ class PSP(keras.layers.Layer):
     3x3 conv (`filters`, no bias) -> BN -> ReLU -> channel dropout
     (`SpatialDropout2D`, PyTorch's `Dropout2d`).
 
-    The bottleneck's 3x3 conv is the library's `DilatedConv2D` (its fast
+    The bottleneck's 3x3 conv is the library's `Conv2D` (its fast
     kernels for wide 3x3 convs); the pyramid's 1x1 convs see `b x b` maps and
     stay `keras.layers.Conv2D`. Weights keep their historical names
     (`stages_{i}_conv`, `stages_{i}_bn`, `bottleneck_conv`, `bottleneck_bn`).

@@ -9,14 +9,13 @@ to X alone. The auxiliary head (training only, weight 0.4) sits on stage 3.
 
 import keras
 
-from keras_gald.backbones import available_backbones, backbone_channels, build_resnet
+from keras_gald.backbones import available_backbones, build_resnet
 from keras_gald.layers.aspp import ASPP
 from keras_gald.layers.cgnl import CGNL
-from keras_gald.layers.conv import DilatedConv2D
+from keras_gald.layers.conv_bn_relu import ConvBNReLU
 from keras_gald.layers.ldv1 import LDv1
 from keras_gald.layers.ldv2 import LDv2
 from keras_gald.layers.nonlocal_block import NonLocal
-from keras_gald.layers.norm import batch_norm
 from keras_gald.layers.psp import PSP
 from keras_gald.layers.resize import ResizeLike
 from keras_gald.models.input_check import InputCheck
@@ -36,14 +35,10 @@ def _check_choice(what, value, choices):
 
 
 def _conv_bn_relu(x, filters, kernel_size, name, sync_bn):
-    # DilatedConv2D at rate 1: plain conv forward, hand-written gradient, which
+    # The library's conv at rate 1: plain conv forward, hand-written gradient, which
     # beats TF's CPU backprop kernels in training (`python benchmarks/speed.py
     # --sections train_layers,dilated_conv`, see benchmarks/README.md).
-    x = DilatedConv2D(
-        filters, kernel_size, padding="same", use_bias=False, name=f"{name}_conv"
-    )(x)
-    x = batch_norm(name=f"{name}_bn", synchronized=sync_bn)(x)
-    return keras.layers.ReLU(name=f"{name}_relu")(x)
+    return ConvBNReLU(filters, kernel_size, name=name, sync_bn=sync_bn).functional(x)
 
 
 def _global_aggregation(x, ga, output_stride, head_channels, sync_bn, aspp_filters,

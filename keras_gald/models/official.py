@@ -56,7 +56,8 @@ with `upsample_logits=False` compile with e.g.
 import keras
 
 from keras_gald.backbones.resnet import TorchMaxPool2D, build_resnet
-from keras_gald.layers.conv import DilatedConv2D
+from keras_gald.layers.conv import Conv2D
+from keras_gald.layers.conv_bn_relu import ConvBNReLU
 from keras_gald.layers.gald_block import GALDBlockV1
 from keras_gald.layers.ldv1 import AUTHORS_LDV1_OPTIONS, min_valid_size
 from keras_gald.layers.norm import batch_norm
@@ -83,10 +84,10 @@ def _torch_default_kernel_init():
 
 def _conv(filters, kernel_size, name, use_bias):
     # Stride 1 and odd kernels: "same" pads symmetrically, like PyTorch's
-    # padding=(k-1)/2. DilatedConv2D at rate 1: plain conv forward, hand-written
+    # padding=(k-1)/2. Conv2D at rate 1: plain conv forward, hand-written
     # gradient, which beats TF's CPU backprop kernels in training
     # (`python benchmarks/speed.py --sections train_layers,dilated_conv`).
-    return DilatedConv2D(
+    return Conv2D(
         filters,
         kernel_size,
         padding="same",
@@ -98,9 +99,8 @@ def _conv(filters, kernel_size, name, use_bias):
 
 def _conv_bn_relu(x, filters, name, sync_bn):
     """The authors' `Sequential(Conv2d(3x3, padding=1, bias=False), BN, ReLU)`."""
-    x = _conv(filters, 3, f"{name}_conv", use_bias=False)(x)
-    x = batch_norm(name=f"{name}_bn", synchronized=sync_bn)(x)
-    return keras.layers.ReLU(name=f"{name}_relu")(x)
+    return ConvBNReLU(filters, 3, name=name, sync_bn=sync_bn,
+                      kernel_initializer=_torch_default_kernel_init()).functional(x)
 
 
 def official_feature_size(height, width=None):

@@ -12,7 +12,7 @@ import tensorflow as tf  # noqa: E402
 from keras_gald.convert.official_psp_aspp import load_official_aspp  # noqa: E402
 from keras_gald.convert.torch_weights import StateDict  # noqa: E402
 from keras_gald.layers.aspp import ASPP  # noqa: E402
-from keras_gald.layers.conv import DilatedConv2D  # noqa: E402
+from keras_gald.layers.conv import Conv2D  # noqa: E402
 from tests.conftest import OfficialFixture  # noqa: E402
 from tests.harness import assert_close_relative  # noqa: E402
 from tests.layers._helpers import (  # noqa: E402
@@ -103,7 +103,7 @@ def test_other_rates_match_numpy_reference(rates):
     np.testing.assert_allclose(
         layer(x, training=False).numpy(), numpy_aspp_reference(layer, x), rtol=1e-4, atol=1e-5
     )
-    assert all(isinstance(c, DilatedConv2D) for c in layer.atrous_convs)
+    assert all(isinstance(c, Conv2D) for c in layer.atrous_convs)
     assert [c.dilation_rate for c in layer.atrous_convs] == [(r, r) for r in rates]
 
 

@@ -19,7 +19,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from keras_gald.layers.conv import DilatedConv2D  # noqa: E402
+from keras_gald.layers.conv import Conv2D  # noqa: E402
 from keras_gald.layers.conv_bn_relu import ConvBNReLU  # noqa: E402
 from tests.harness import REPO_ROOT, assert_close_relative, run_python  # noqa: E402
 from tests.layers._helpers import random_input, randomize_batch_norms  # noqa: E402
@@ -63,7 +63,7 @@ def test_sublayers_live_on_the_owner_under_the_historical_names():
     owner = Owner(name="owner")
     owner.build((None, 9, 9, 3))
     assert owner.first_conv is owner.first.conv and owner.first_bn is owner.first.bn
-    assert isinstance(owner.first_conv, DilatedConv2D)
+    assert isinstance(owner.first_conv, Conv2D)
     assert owner.first_conv.name == "first_conv" and owner.first_bn.name == "first_bn"
     # Tracked in creation order (conv, BN, then the list's), nothing else: the
     # helper itself holds no state of its own.
