@@ -75,6 +75,7 @@ def mixed_bfloat16():
 
 
 # -------------------------------------------------------------- fixture parity
+@pytest.mark.jax
 def test_fixture_parity_every_case():
     layer, fixture = loaded_fixture_aspp()
     assert len(fixture.cases) == 2

@@ -70,12 +70,13 @@ def bf16_policy():
 
 
 # ----------------------------------------------------------------- parity
+@pytest.mark.jax
 def test_fixture_parity_every_case():
     layer = CGNL(32, groups=8, use_scale=False)
     fixture = load_fixture_into("ga_SpatialCGNL", layer, load_official_cgnl)
     assert fixture.meta.get("module", "").endswith("groups=8)")
     assert len(fixture.cases) == 2
-    assert_cases_close(lambda x: layer(x).numpy(), fixture.cases, rtol=1e-4)
+    assert_cases_close(lambda x: keras.ops.convert_to_numpy(layer(x)), fixture.cases, rtol=1e-4)
 
 
 def test_converter_with_prefix_and_checks():

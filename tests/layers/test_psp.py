@@ -90,6 +90,7 @@ def test_adaptive_pool_keeps_dtype_and_rejects_zero_bins():
 
 
 # -------------------------------------------------------------- fixture parity
+@pytest.mark.jax
 def test_fixture_parity_every_case():
     layer, fixture = loaded_fixture_psp()
     assert len(fixture.cases) == 2
