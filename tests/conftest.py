@@ -10,6 +10,10 @@ import pathlib
 import numpy as np
 import pytest
 
+from tests.harness import use_fast_xla_compiles
+
+use_fast_xla_compiles(os.environ)  # before JAX compiles anything (see tests/harness.py)
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DIR = pathlib.Path(os.environ.get("KERAS_GALD_SHARED", REPO_ROOT.parent / "shared"))
 OFFICIAL_DIR = SHARED_DIR / "fixtures" / "official_gald_v1"
