@@ -11,7 +11,9 @@ Usage (from the repository root):
         --json benchmarks/results/op_profile_r50_fp32.json
 
 Prints per layer group and network the op self time per call (ms), the sum of
-all op time and the median wall time per call; writes JSON.
+all op time and the median wall time per call; writes JSON. `--group-by type`
+sums by op type instead (`_FusedConv2D`, `MatMul`, `StridedSlice`, ...): what a
+machine's kernels spend on convolutions against everything around them.
 """
 
 import argparse
@@ -48,8 +50,8 @@ def layer_group(op_name):
     return model, rest[0]
 
 
-def op_self_times(logdir, rounds):
-    """{model: Counter(layer group -> ms of op self time per call)} from a profile."""
+def op_self_times(logdir, rounds, group_by="layer"):
+    """{model: Counter(layer group or op type -> ms of op self time per call)} from a profile."""
     from tensorflow.python.profiler.internal import _pywrap_profiler_plugin as plugin
 
     spaces = [str(p) for p in pathlib.Path(logdir).rglob("*.xplane.pb")]
@@ -64,7 +66,8 @@ def op_self_times(logdir, rounds):
         values = {c: (cell or {}).get("v") for c, cell in zip(columns, row["c"])}
         key = layer_group(values["operation"])
         if key is not None:
-            groups[key[0]][key[1]] += values["total_self_time"] / rounds / 1e3
+            group = key[1] if group_by == "layer" else values["type"]
+            groups[key[0]][group] += values["total_self_time"] / rounds / 1e3
     return groups
 
 
@@ -74,6 +77,8 @@ def main(argv=None):
     parser.add_argument("--mode", default="fp32", choices=("fp32", "bf16"))
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--group-by", choices=("layer", "type"), default="layer",
+                        help="sum op self time by top-level layer (default) or by op type")
     parser.add_argument("--json", default="runs/op_profile.json")
     args = parser.parse_args(argv)
     configs = [c for c in args.configs.split(",") if c]
@@ -104,7 +109,7 @@ def main(argv=None):
                 calls[i]()
                 walls[i].append((time.perf_counter() - start) * 1e3)
         tf.profiler.experimental.stop()
-        groups = op_self_times(logdir, args.rounds)
+        groups = op_self_times(logdir, args.rounds, args.group_by)
 
     def ops_of(model):  # traced calls name their ops "<model name>_<n>/..."
         found = [g for m, g in groups.items() if re.fullmatch(re.escape(model) + r"(_\d+)?", m)]
@@ -115,7 +120,7 @@ def main(argv=None):
                   key=lambda k: -max(g.get(k, 0.0) for g in per_config.values()))
     print(f"\n{args.mode}, 1x{args.size}x{args.size}, {args.rounds} rounds in turns; "
           "op self time per call, ms")
-    print(f"{'layer group':<28}" + "".join(f"{c:>18}" for c in configs))
+    print(f"{'layer group' if args.group_by == 'layer' else 'op type':<28}" + "".join(f"{c:>18}" for c in configs))
     for key in keys:
         print(f"{key:<28}" + "".join(f"{per_config[c].get(key, 0.0):18.1f}" for c in configs))
     totals = {c: sum(per_config[c].values()) for c in configs}
