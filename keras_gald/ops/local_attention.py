@@ -63,8 +63,9 @@ def _window(x_pad, top, left, size):
     `size` is the unpadded map's shape, computed once per primitive, so each of
     the `k^2` windows adds two graph nodes (its constant origin and a `Slice`)
     instead of the dozen that Python slicing with dynamic bounds builds: a third
-    of the nodes, and the layer's forward + backward traces in half the time
-    (graphs are traced by every `fit`, `predict` and export).
+    of the nodes, and a layer's first forward + backward trace takes less than
+    half the time (`python benchmarks/ldv2_trace.py`); every `fit`, `predict`
+    and export traces it.
     """
     begin = [0, top, left] + [0] * (len(x_pad.shape) - 3)
     return tf.slice(x_pad, begin, size)
@@ -121,8 +122,8 @@ def _agg_t(w, a, offsets, pad):
     for w_n, (dy, dx) in zip(w_pad, offsets):
         top, left = pad - dy, pad - dx
         with after(out):
-            w_n = tf.expand_dims(_window(w_n, top, left, w_size), -1)
-            term = w_n * _window(a_pad, top, left, size)
+            w_shifted = tf.expand_dims(_window(w_n, top, left, w_size), -1)
+            term = w_shifted * _window(a_pad, top, left, size)
         out = term if out is None else out + term
     return out
 
