@@ -35,6 +35,8 @@ TRAIN_CONFIG_ERRORS_IN_PROCESS = [
     (["--set", "init_weights=/nonexistent/w.weights.h5"], ["init_weights", "does not exist"]),
     (["--set", "crop_size=1,2,3"], ["crop_size needs 2"]),
     (["--set", "flip=maybe"], ["--set flip=maybe", "boolean"]),
+    (["--devices", "2", "--xla", "--set", "sync_bn=true"],
+     ["xla=True and sync_bn=True over 2 replicas", "--no-xla, or --set sync_bn=false"]),
 ]
 
 

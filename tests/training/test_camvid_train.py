@@ -1,14 +1,16 @@
 """Real-data check: a small GALD (the `camvid_lowres` recipe -- resnet_tiny, 0.375x, OHEM +
-aux -- with ASPP + LDv1, cut to 400 of its 1400 steps to bound CI time) trained from scratch on
+aux -- with ASPP + LDv1, cut to 300 of its 1400 steps to bound CI time) trained from scratch on
 CamVid (../shared) on 2 CPU cores must reach a validation mIoU far above chance.
 
 Chance is measured, not assumed: a predictor drawing each pixel's class uniformly at
 random over the 11 classes, scored with the same MeanIoU on the same validation labels
 (about 0.05: each class IoU ~ p_c / (1 + 11 p_c - p_c) for class frequency p_c).
 Bar: mIoU >= 0.25 and >= 5x that chance level. Measured (seed 0, the command this
-test runs, 2-core AVX-512 machine): 400 steps mIoU 0.3240 against chance 0.0347, 97 s
-beside another training job (500 steps gave 0.3447, 700 steps 0.3644). The full 1400-step recipe's numbers are in the
-README's CamVid section.
+test runs, 2-core AVX-512 machine): 300 steps mIoU 0.3158 against chance 0.0347 (70 s of
+CPU), and 0.3013 on TensorFlow's AVX2 kernels (`TF_ENABLE_ONEDNN_OPTS=0
+ONEDNN_MAX_CPU_ISA=AVX2`, as on an AVX2-only CPU); 400 steps gave 0.3240, 500 steps
+0.3447, 700 steps 0.3644. The full 1400-step recipe's numbers are in the README's CamVid
+section.
 """
 
 import json
@@ -22,7 +24,7 @@ from tests.harness import run_python
 
 BAR = 0.25
 CHANCE_FACTOR = 5.0
-STEPS = 400
+STEPS = 300
 
 
 def random_chance_miou(root, max_images):
