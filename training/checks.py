@@ -60,12 +60,7 @@ def validate_train_config(config):
     if config.devices > 1 and config.xla is True and config.sync_bn is True:
         # Known before start-up when the device count is given; with `devices` 0 (all
         # visible) the same check runs once the strategy has counted its replicas.
-        from keras_gald.distribute import resolve_xla_and_sync_bn
-
-        try:
-            resolve_xla_and_sync_bn(True, True, config.devices, on_gpu=False)
-        except ValueError as err:
-            raise UserError(f"{err}: --no-xla, or --set sync_bn=false") from err
+        xla_and_sync_bn(True, True, config.devices, on_gpu=False)
     if config.dataset != "synthetic":
         require_dir(config.data_dir, "--data-dir")
     if config.init_weights:
@@ -74,6 +69,17 @@ def validate_train_config(config):
             config.run_dir).is_dir():
         raise UserError(f"run dir {config.run_dir} exists and is not a directory")
     return config
+
+
+def xla_and_sync_bn(xla, sync_bn, replicas, on_gpu):
+    """`keras_gald.distribute.resolve_xla_and_sync_bn` -> `(xla, sync_bn)`; the combination
+    it refuses raises `UserError` naming the flags that fix it."""
+    from keras_gald.distribute import resolve_xla_and_sync_bn
+
+    try:
+        return resolve_xla_and_sync_bn(xla, sync_bn, replicas, on_gpu)
+    except ValueError as err:
+        raise UserError(f"{err}: --no-xla, or --set sync_bn=false") from err
 
 
 def _require(path, what, kind, is_kind):

@@ -444,8 +444,8 @@ def train(config, strategy, strategy_desc, is_chief, worker_index, on_gpu):
     import keras
 
     from keras_gald import data
-    from keras_gald.distribute import resolve_xla_and_sync_bn
     from keras_gald.metrics import MeanIoU
+    from training import checks
 
     run_dir = pathlib.Path(config.run_dir)
     # Non-chief workers write to scratch dirs (multi-worker saving is collective).
@@ -453,10 +453,7 @@ def train(config, strategy, strategy_desc, is_chief, worker_index, on_gpu):
     write_dir.mkdir(parents=True, exist_ok=True)
     replicas = strategy.num_replicas_in_sync
 
-    try:
-        xla, sync_bn = resolve_xla_and_sync_bn(config.xla, config.sync_bn, replicas, on_gpu)
-    except ValueError as err:
-        raise errors.UserError(f"{err}: --no-xla, or --set sync_bn=false") from err
+    xla, sync_bn = checks.xla_and_sync_bn(config.xla, config.sync_bn, replicas, on_gpu)
     if replicas > 1 and xla:
         print(f"note: XLA over {replicas} replicas compiles each replica's forward/backward "
               "step; BatchNorm uses per-replica statistics (SyncBN off), moving averages "
