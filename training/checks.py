@@ -57,10 +57,10 @@ def validate_train_config(config):
             f"got {config.keep_checkpoints}")
     if config.stop_at < 0:
         raise UserError(f"stop_at must be >= 0, got {config.stop_at}")
-    if config.devices > 1 and config.xla is True and config.sync_bn is True:
-        # Known before start-up when the device count is given; with `devices` 0 (all
+    if config.devices > 1:
+        # The replica count is known before start-up when given; with `devices` 0 (all
         # visible) the same check runs once the strategy has counted its replicas.
-        xla_and_sync_bn(True, True, config.devices, on_gpu=False)
+        xla_and_sync_bn(config.xla, config.sync_bn, config.devices, on_gpu=False)
     if config.dataset != "synthetic":
         require_dir(config.data_dir, "--data-dir")
     if config.init_weights:
