@@ -2,7 +2,9 @@
 
 The models, layers, losses, training (`fit`) and inference run on `KERAS_BACKEND=tensorflow`
 or `jax` with the same `.keras` files; the data pipelines are `tf.data` on both, and
-multi-device training (`tf.distribute`, SyncBN) and export are TensorFlow's.
+multi-device training (`tf.distribute`, SyncBN) and export are TensorFlow's. On JAX,
+TensorFlow is optional: without it everything but `data`, `evaluation`, `export` and
+`checkpoints` works, and those raise an ImportError naming what to install.
 
 Subpackages: `ops` (kernels and machine detection), `layers` (GA and LD blocks), `backbones` (dilated ResNets),
 `models` (the GALD factory), `data` (tf.data pipelines), `losses`, `metrics`,
@@ -16,11 +18,7 @@ __version__ = "0.1.0"
 from keras_gald import (
     backbones,
     callbacks,
-    checkpoints,
     convert,
-    data,
-    evaluation,
-    export,
     inference,
     io,
     layers,
@@ -31,3 +29,17 @@ from keras_gald import (
     optimizers,
     visualize,
 )
+from keras_gald.ops.optional_tensorflow import HAVE_TENSORFLOW, INSTALL_HINT
+
+# tf.data pipelines, evaluation over a data set, export and checkpoints are
+# TensorFlow's; on KERAS_BACKEND=jax without TensorFlow the rest works and these
+# name what to install when first used.
+_NEED_TENSORFLOW = ("checkpoints", "data", "evaluation", "export")
+if HAVE_TENSORFLOW:
+    from keras_gald import checkpoints, data, evaluation, export
+else:
+    def __getattr__(name):
+        if name in _NEED_TENSORFLOW:
+            raise ImportError(f"keras_gald.{name} needs TensorFlow, which is not installed: "
+                              f"{INSTALL_HINT}")
+        raise AttributeError(f"module 'keras_gald' has no attribute {name!r}")

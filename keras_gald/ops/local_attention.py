@@ -28,7 +28,7 @@ import functools
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras_gald.ops.optional_tensorflow import tf
 
 from keras_gald.ops.portable import may_use_xla
 from keras_gald.ops.sequencing import after

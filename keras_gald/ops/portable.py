@@ -10,9 +10,7 @@ should not depend on XLA.
 import contextlib
 import threading
 
-import tensorflow as tf
-from tensorflow.python.framework import ops as tf_ops
-from tensorflow.python.ops import control_flow_util
+from keras_gald.ops.optional_tensorflow import tf
 
 # Per thread: an export tracing in one thread leaves a training graph traced
 # meanwhile in another on the fast (XLA) primitives.
@@ -48,6 +46,9 @@ def inside_xla_cluster():
     """True while tracing inside a function compiled by XLA as a whole
     (`tf.function(jit_compile=True)`, `model.compile(jit_compile=True)`, or a
     function nested in one): XLA compiles every op there itself."""
+    from tensorflow.python.framework import ops as tf_ops  # TF backend only
+    from tensorflow.python.ops import control_flow_util
+
     return control_flow_util.GraphOrParentsInXlaContext(tf_ops.get_default_graph())
 
 

@@ -14,7 +14,7 @@ unlike `jax.image.resize`).
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras_gald.ops.optional_tensorflow import tf
 
 
 def resize_bilinear(images, size, align_corners=False):

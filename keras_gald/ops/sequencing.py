@@ -2,7 +2,7 @@
 
 import contextlib
 
-import tensorflow as tf
+from keras_gald.ops.optional_tensorflow import tf
 
 
 def after(tensor):

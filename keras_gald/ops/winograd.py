@@ -34,7 +34,7 @@ and winograd_bf16_cpu.json, tables in benchmarks/README.md).
 import functools
 
 import numpy as np
-import tensorflow as tf
+from keras_gald.ops.optional_tensorflow import tf
 
 from keras_gald.ops.portable import may_use_xla
 
