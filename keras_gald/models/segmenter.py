@@ -168,12 +168,30 @@ class Segmenter(keras.Model):
             )
         self.aux_loss = aux_loss if self.has_aux_head else None
         self.aux_loss_weight = float(aux_loss_weight)
+        self._jit_compile_argument = jit_compile
         self._replica_xla_step = None
         if replica_xla:
             self._check_replica_xla(self.loss, replicas)
             # Created once here: replicas trace `train_step` concurrently.
             self._replica_xla_step = _tf().function(
                 self._forward_backward, jit_compile=True, reduce_retracing=True)
+
+    def get_compile_config(self):
+        """Keras' compile config plus the auxiliary loss, its weight and the
+        `jit_compile` asked for, so that a saved compiled model loads compiled
+        (`keras.saving.load_model`) and trains on as before."""
+        config = super().get_compile_config()
+        if config:
+            config = dict(config, aux_loss=keras.saving.serialize_keras_object(self.aux_loss),
+                          aux_loss_weight=self.aux_loss_weight,
+                          jit_compile=self._jit_compile_argument)
+        return config
+
+    def compile_from_config(self, config):
+        """Compiles with a config from `get_compile_config` (what loading calls)."""
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if self.built:
+            self.optimizer.build(self.trainable_variables)  # its saved state loads next
 
     @property
     def replica_xla(self):
