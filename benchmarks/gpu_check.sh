@@ -9,6 +9,16 @@
 # Writes benchmarks/results/gpu_check_<gpu>.json (test outcome, machine, the
 # speed.py rows) and benchmarks/results/speed_gpu_<gpu>*.json; the whole run
 # stays under GPU_CHECK_BUDGET seconds (default 460: under 8 minutes).
+#
+# The JAX route, for a GPU machine where TensorFlow's CUDA build cannot be
+# installed (no package index) but a CUDA JAX can run: GPU_CHECK_ROUTE=jax, or
+# automatically when the TensorFlow install fails. It runs
+# benchmarks/jax_gpu_check.py (checks against references, then R50 + ASPP [+ LDv2]
+# timed in turns with PyTorch) with GPU_CHECK_PYTHON (default python3), which needs
+# Keras 3 and JAX, not TensorFlow; GPU_CHECK_WHEELS=DIR installs the wheels in DIR
+# (e.g. keras, namex, optree) without an index first. Writes
+# benchmarks/results/jax_gpu_check_<gpu>.json. GPU_CHECK_JAX_ARGS adds arguments;
+# GPU_CHECK_OUT replaces benchmarks/results.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,9 +32,32 @@ budget=${GPU_CHECK_BUDGET:-460}
 left() { echo $(( budget - ($(date +%s) - start) )); }
 gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr ' ' '_' | tr -cd 'A-Za-z0-9_-')
 count=$(nvidia-smi -L | wc -l)
-out=benchmarks/results
+out=${GPU_CHECK_OUT:-benchmarks/results}
 mkdir -p "$out"
 echo "gpu_check: $count x $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | head -1)"
+
+jax_route() {
+    local py=${GPU_CHECK_PYTHON:-python3} site
+    if [ -n "${GPU_CHECK_WHEELS:-}" ]; then
+        site=$(mktemp -d)
+        "$py" -m pip install -q --no-index --no-deps --target "$site" "$GPU_CHECK_WHEELS"/*.whl \
+            || return 1
+        export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+    fi
+    export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+    "$py" -c "import jax, keras" || { echo "gpu_check: the JAX route needs jax and keras in $py"; return 1; }
+    echo "gpu_check: JAX route with $py ($(left) s left)"
+    # shellcheck disable=SC2086
+    timeout "$(( $(left) > 30 ? $(left) : 30 ))" "$py" benchmarks/jax_gpu_check.py \
+        --json "$out/jax_gpu_check_${gpu}.json" ${GPU_CHECK_JAX_ARGS:-}
+}
+
+route=${GPU_CHECK_ROUTE:-auto}
+case "$route" in
+    jax) jax_route; exit $? ;;
+    auto|tf) ;;
+    *) echo "gpu_check: GPU_CHECK_ROUTE must be auto, tf or jax, not '$route'"; exit 2 ;;
+esac
 
 venv=${GPU_CHECK_VENV:-.venv-gpu}
 if [ ! -x "$venv/bin/python" ]; then
@@ -35,9 +68,15 @@ source "$venv/bin/activate"
 export PIP_DISABLE_PIP_VERSION_CHECK=1 TF_CPP_MIN_LOG_LEVEL=2
 # tensorflow[and-cuda] provides the same `tensorflow` module as tensorflow-cpu:
 # install the package without its CPU wheel, then the GPU one and the rest.
-pip install -q --no-deps -e . &&
+if ! { pip install -q --no-deps -e . &&
     pip install -q "tensorflow[and-cuda]==2.21.*" "keras==3.15.*" "numpy>=1.26" "pillow>=10" \
-        "pytest>=8" "tf2onnx==1.17.*" "onnx>=1.16" "onnxruntime>=1.18" || exit 1
+        "pytest>=8" "tf2onnx==1.17.*" "onnx>=1.16" "onnxruntime>=1.18"; }; then
+    deactivate
+    [ "$route" = auto ] || exit 1
+    echo "gpu_check: TensorFlow's CUDA build could not be installed; trying the JAX route"
+    jax_route
+    exit $?
+fi
 python -c "import tensorflow as tf; g = tf.config.list_physical_devices('GPU'); \
 print('TensorFlow', tf.__version__, 'sees', len(g), 'GPU(s)'); assert g, 'TensorFlow sees no GPU'" || exit 1
 

@@ -36,6 +36,22 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 JAX_TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
 
 
+# Python code that makes `import tensorflow` (and tf2onnx, tensorflow_datasets) fail
+# as on a machine without TensorFlow (ModuleNotFoundError naming the package); run it
+# first in a child (`-c`) or as a `sitecustomize.py` on the child's PYTHONPATH.
+HIDE_TENSORFLOW = r"""
+import importlib.abc as _abc, sys as _sys
+
+class _HideTensorFlow(_abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("tensorflow", "tf2onnx", "tensorflow_datasets", "tf_keras"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+_sys.meta_path.insert(0, _HideTensorFlow())
+"""
+
+
 def use_fast_xla_compiles(env):
     """Sets `XLA_FLAGS` in `env` (a mapping) for a JAX process, unless already set."""
     if env.get("KERAS_BACKEND") == "jax":

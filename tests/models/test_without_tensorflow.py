@@ -19,19 +19,12 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import keras_gald  # noqa: E402,F401  (registers the library's classes for loading)
-from tests.harness import assert_close_relative, last_json, run_python  # noqa: E402
+from tests.harness import HIDE_TENSORFLOW, assert_close_relative, last_json, run_python  # noqa: E402
 
 # Child: TensorFlow (and what depends on it) hidden; then the whole user path on JAX.
-WITHOUT_TENSORFLOW = r"""
-import importlib.abc, json, sys
+WITHOUT_TENSORFLOW = HIDE_TENSORFLOW + r"""
+import json, sys
 
-class HideTensorFlow(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("tensorflow", "tf2onnx", "tensorflow_datasets", "tf_keras"):
-            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-        return None
-
-sys.meta_path.insert(0, HideTensorFlow())
 out = sys.argv[1]
 
 import numpy as np
