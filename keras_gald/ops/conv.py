@@ -50,8 +50,8 @@ The CPU fast paths below are switched and tuned by `keras_gald.ops.Policy`
 """
 
 import keras
-from keras_gald.ops.optional_tensorflow import tf
 
+from keras_gald.ops.optional_tensorflow import tf
 from keras_gald.ops.portable import gpu_visible, inside_xla_cluster, may_use_xla
 from keras_gald.ops.sequencing import after
 from keras_gald.ops.winograd import extended_size, winograd_conv3x3

@@ -28,8 +28,8 @@ import functools
 
 import keras
 import numpy as np
-from keras_gald.ops.optional_tensorflow import tf
 
+from keras_gald.ops.optional_tensorflow import tf
 from keras_gald.ops.portable import may_use_xla
 from keras_gald.ops.sequencing import after
 

@@ -20,6 +20,8 @@ class _NoTensorFlow:
     """Stands in for `tensorflow` where it is not installed."""
 
     def __getattr__(self, name):
+        if name.startswith("__"):  # probes such as hasattr(x, "__wrapped__") stay probes
+            raise AttributeError(name)
         raise ImportError(
             f"tf.{name} needs TensorFlow, which is not installed: {INSTALL_HINT}; "
             "on KERAS_BACKEND=jax the models, layers, fit and predict run without it")

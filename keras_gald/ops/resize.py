@@ -14,6 +14,7 @@ unlike `jax.image.resize`).
 
 import keras
 import numpy as np
+
 from keras_gald.ops.optional_tensorflow import tf
 
 

@@ -34,8 +34,8 @@ and winograd_bf16_cpu.json, tables in benchmarks/README.md).
 import functools
 
 import numpy as np
-from keras_gald.ops.optional_tensorflow import tf
 
+from keras_gald.ops.optional_tensorflow import tf
 from keras_gald.ops.portable import may_use_xla
 
 # F(2, 3) in 1-D: G (4x3) maps the kernel to the transform domain; B^T (input

@@ -89,6 +89,7 @@ def test_missing_tensorflow_stand_in_names_what_to_install():
 
     stand_in = _NoTensorFlow()
     assert not stand_in
+    assert not hasattr(stand_in, "__wrapped__")  # inspect / doctest probes stay probes
     with pytest.raises(ImportError) as error:
         stand_in.nn.conv2d  # noqa: B018 - the attribute access is what raises
     message = str(error.value)
