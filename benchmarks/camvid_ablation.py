@@ -112,7 +112,8 @@ def build_parser():
     p.add_argument("--config", default="camvid", help="training preset (default camvid)")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the preset's)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra TrainConfig overrides, same for every run")
+                   help="extra TrainConfig overrides, same for every run (ldv2_*: the "
+                        "LDv2 runs only, e.g. ldv2_kernel_size=3 for a window sweep)")
     p.add_argument("--out", default=str(REPO / "runs" / "camvid_ablation"),
                    help="run directories and results.{json,md}")
     p.add_argument("--results", default=None, metavar="PREFIX",
@@ -227,12 +228,9 @@ def boundary_f_at(result, px):
 # ------------------------------------------------------------------ training / evaluation
 
 
-def train_run(args, variant, seed, run_dir, extra_sets=()):
-    """Trains one (variant, seed) in a subprocess (resumes from its checkpoints).
-
-    `extra_sets`: further `KEY=VALUE` overrides, applied after `args.set`.
-    Returns the wall seconds of this training process.
-    """
+def train_command(args, variant, seed, run_dir, extra_sets=()):
+    """The `training.train` command line of one (variant, seed); `extra_sets`: further
+    `KEY=VALUE` overrides, applied after `args.set`."""
     spec = VARIANTS[variant]
     cmd = [sys.executable, "-m", "training.train", "--config", args.config,
            "--data-dir", args.data_dir, "--run-dir", str(run_dir),
@@ -243,7 +241,18 @@ def train_run(args, variant, seed, run_dir, extra_sets=()):
     if args.quick:
         cmd += ["--steps", "4", "--checkpoint-every", "2", "--set", "eval_max_images=4"]
     for item in list(args.set) + list(extra_sets):
+        if item.startswith("ldv2_") and spec["ld"] != "v2":
+            continue  # LDv2's window settings (a Table II(b) sweep) shape the LDv2 runs only
         cmd += ["--set", item]
+    return cmd
+
+
+def train_run(args, variant, seed, run_dir, extra_sets=()):
+    """Trains one (variant, seed) in a subprocess (resumes from its checkpoints).
+
+    Returns the wall seconds of this training process.
+    """
+    cmd = train_command(args, variant, seed, run_dir, extra_sets)
     env = dict(os.environ, PYTHONPATH=str(REPO))
     env.pop("TF_CONFIG", None)
     log_path = run_dir / "train_stdout.log"

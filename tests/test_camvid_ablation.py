@@ -203,3 +203,23 @@ def test_runs_scored_at_other_tolerances_are_refused(tmp_path, capsys):
                         "--summarise-only"])
     assert rc == 2
     assert "aspp-seed1 scored other boundary tolerances" in capsys.readouterr().err
+
+
+def test_ldv2_window_settings_go_to_the_ldv2_runs_only(tmp_path, capsys):
+    """A Table II(b) sweep (`--set ldv2_kernel_size=3 ...`) reaches the LDv2 runs; the other
+    variants, which the training CLI would refuse with those settings, train unchanged."""
+    from training import train
+
+    args = ablation.build_parser().parse_args([
+        "--data-dir", str(tmp_path), "--set", "ldv2_kernel_size=3",
+        "--set", "ldv2_dilation_rate=4", "--set", "steps=5"])
+    configs = {}
+    for variant in ("aspp", "aspp_ldv1", "aspp_ldv2"):
+        cmd = ablation.train_command(args, variant, 0, tmp_path / variant)
+        assert cmd[1:3] == ["-m", "training.train"]
+        assert train.main(cmd[3:] + ["--print-config"]) == 0, capsys.readouterr().err
+        printed = capsys.readouterr().out
+        configs[variant] = json.loads(printed[printed.index("{"):printed.rindex("}") + 1])
+    assert {v: (c["ld"], c["ldv2_kernel_size"], c["ldv2_dilation_rate"], c["steps"])
+            for v, c in configs.items()} == {
+        "aspp": (None, 5, 3, 5), "aspp_ldv1": ("v1", 5, 3, 5), "aspp_ldv2": ("v2", 3, 4, 5)}

@@ -84,6 +84,10 @@ class TrainConfig:
     ga: typing.Optional[str] = "aspp"
     ld: typing.Optional[str] = "v2"
     arrangement: str = "gald"
+    # LDv2's window: k x k neighbours spaced r apart, spanning (k-1)*r+1 positions per side
+    # (the paper's Table II(b) varies k); ld=v2 only.
+    ldv2_kernel_size: int = 5
+    ldv2_dilation_rate: int = 3
     output_stride: int = 8
     multi_grid: typing.Tuple[int, ...] = (1, 2, 4)
     stem: str = "deep"

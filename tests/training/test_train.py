@@ -154,6 +154,30 @@ def test_config_json_of_the_string_tri_states_still_loads(tmp_path):
     assert run_setup.config_changed(path, dataclasses.replace(current, sync_bn=True))
 
 
+def test_ldv2_window_settings_reach_the_model():
+    """`--set ldv2_kernel_size / ldv2_dilation_rate` shape the model's LDv2 window; a
+    config.json from before they existed loads with the layer's defaults (k 5, r 3), and
+    resuming with another window is refused as a model change."""
+    from keras_gald.layers import LDv2
+    from training.train import build_model
+
+    def window(cfg):
+        model = build_model(cfg, num_classes=4, sync_bn=False)
+        (layer,) = [l for l in model._flatten_layers() if isinstance(l, LDv2)]
+        return layer.kernel_size, layer.dilation_rate
+
+    cfg = config_lib.resolve_config("default", {
+        "backbone": "resnet_tiny", "ldv2_kernel_size": "3", "ldv2_dilation_rate": "2"})
+    assert window(cfg) == (3, 2)
+    old = json.loads(cfg.to_json())
+    for key in ("ldv2_kernel_size", "ldv2_dilation_rate"):
+        del old[key]
+    before = config_lib.TrainConfig.from_json(json.dumps(old))
+    assert window(before) == (5, 3)
+    assert config_lib.resume_conflicts(before, cfg) == ["ldv2_dilation_rate",
+                                                         "ldv2_kernel_size"]
+
+
 def test_deprecated_configs_module_still_answers():
     import importlib
 
