@@ -30,9 +30,10 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 # suite's tiny shapes LLVM's passes are most of that time (building a resnet_tiny GALD on
 # JAX: 13.3 s with them, 5.3 s without; the JAX pass: 111 s -> 71-85 s). The HLO programs
 # are the same; the generated code may round differently (a 3-epoch fit's losses agreed to
-# 1e-6), well inside the tests' tolerances, which are unchanged. Only when XLA_FLAGS is not
-# set already. TensorFlow's XLA tests gained nothing from it, so TF
-# processes keep the default.
+# 1e-6), well inside the tests' tolerances, which are unchanged. Added to XLA_FLAGS (e.g.
+# `--xla_cpu_max_isa=AVX2`, which runs the suite as an AVX2-only CPU would) unless they set
+# the level already. TensorFlow's XLA tests gained nothing from it, so TF processes keep
+# the default.
 JAX_TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
 
 
@@ -53,9 +54,11 @@ _sys.meta_path.insert(0, _HideTensorFlow())
 
 
 def use_fast_xla_compiles(env):
-    """Sets `XLA_FLAGS` in `env` (a mapping) for a JAX process, unless already set."""
-    if env.get("KERAS_BACKEND") == "jax":
-        env.setdefault("XLA_FLAGS", JAX_TEST_XLA_FLAGS)
+    """Adds `JAX_TEST_XLA_FLAGS` to `XLA_FLAGS` in `env` (a mapping) for a JAX process,
+    unless `XLA_FLAGS` already sets the optimisation level; returns `env`."""
+    flags = env.get("XLA_FLAGS", "")
+    if env.get("KERAS_BACKEND") == "jax" and "xla_backend_optimization_level" not in flags:
+        env["XLA_FLAGS"] = f"{flags} {JAX_TEST_XLA_FLAGS}".strip()
     return env
 
 
