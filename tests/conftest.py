@@ -74,8 +74,37 @@ def kernel_policy():
         yield lambda **changes: stack.enter_context(Policy.current().replace(**changes))
 
 
+def _shared_fixture_groups(items):
+    """`{item: group name}` joining the tests that share a module- or session-scoped
+    fixture of this suite (a training run, a converted checkpoint), transitively."""
+    parent = {}
+
+    def find(name):
+        while parent.setdefault(name, name) != name:
+            parent[name] = parent[parent[name]]
+            name = parent[name]
+        return name
+
+    shared = {}
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        names = []
+        for name, defs in (info.name2fixturedefs.items() if info else ()):
+            fixturedef = defs[-1]
+            module = getattr(fixturedef.func, "__module__", "") or ""
+            if fixturedef.scope in ("module", "package", "session") and module.startswith("tests"):
+                names.append(f"{module}.{name}")
+        for name in names[1:]:
+            parent[find(name)] = find(names[0])
+        if names:
+            shared[item] = names[0]
+    return {item: find(name) for item, name in shared.items()}
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the `xdist_group` marks
 def pytest_collection_modifyitems(config, items):
-    """Off TensorFlow only `@pytest.mark.jax` tests run; long runs (`slow`) go first.
+    """Off TensorFlow only `@pytest.mark.jax` tests run; long runs (`slow`) go first;
+    tests sharing a fixture run on one worker.
 
     The backend is fixed per process (`KERAS_BACKEND`), and most of the suite tests
     TensorFlow paths (strategies, export, tf.data): under another backend every test
@@ -85,6 +114,11 @@ def pytest_collection_modifyitems(config, items):
     Long training runs first: under the README's `-n 2` both workers then start on
     long runs and the short tests fill in around them, instead of the last long runs
     ending the suite alone.
+
+    Under `-n 2` each worker builds the module- and session-scoped fixtures of the
+    tests it is given, so a training run shared by tests spread over both workers
+    ran twice; an `xdist_group` mark per shared fixture (with `--dist loadgroup`,
+    pytest.ini) sends those tests to one worker.
     """
     import keras
 
@@ -94,4 +128,6 @@ def pytest_collection_modifyitems(config, items):
         if deselected:
             config.hook.pytest_deselected(items=deselected)
             items[:] = kept
+    for item, group in _shared_fixture_groups(items).items():
+        item.add_marker(pytest.mark.xdist_group(group))
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
