@@ -128,6 +128,15 @@ def pytest_collection_modifyitems(config, items):
         if deselected:
             config.hook.pytest_deselected(items=deselected)
             items[:] = kept
-    for item, group in _shared_fixture_groups(items).items():
+    groups = _shared_fixture_groups(items)
+    for item, group in groups.items():
         item.add_marker(pytest.mark.xdist_group(group))
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    # A group stays contiguous (a module-scoped fixture is torn down when the order
+    # leaves its module) and goes first if any of its tests is slow.
+    unit = {item: groups.get(item, item.nodeid) for item in items}
+    first, slow = {}, set()
+    for index, item in enumerate(items):
+        first.setdefault(unit[item], index)
+        if item.get_closest_marker("slow") is not None:
+            slow.add(unit[item])
+    items.sort(key=lambda item: (unit[item] not in slow, first[unit[item]]))
