@@ -101,10 +101,9 @@ def _shared_fixture_groups(items):
     return {item: find(name) for item, name in shared.items()}
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the `xdist_group` marks
 def pytest_collection_modifyitems(config, items):
     """Off TensorFlow only `@pytest.mark.jax` tests run; long runs (`slow`) go first;
-    tests sharing a fixture run on one worker.
+    tests sharing a fixture stay together.
 
     The backend is fixed per process (`KERAS_BACKEND`), and most of the suite tests
     TensorFlow paths (strategies, export, tf.data): under another backend every test
@@ -115,10 +114,9 @@ def pytest_collection_modifyitems(config, items):
     long runs and the short tests fill in around them, instead of the last long runs
     ending the suite alone.
 
-    Under `-n 2` each worker builds the module- and session-scoped fixtures of the
-    tests it is given, so a training run shared by tests spread over both workers
-    ran twice; an `xdist_group` mark per shared fixture (with `--dist loadgroup`,
-    pytest.ini) sends those tests to one worker.
+    Tests sharing a module- or session-scoped fixture (a training run, a converted
+    checkpoint) stay next to each other, so that it is built once per process: under
+    `-n 2`, `--dist loadfile` (pytest.ini) gives each worker whole files.
     """
     import keras
 
@@ -129,8 +127,6 @@ def pytest_collection_modifyitems(config, items):
             config.hook.pytest_deselected(items=deselected)
             items[:] = kept
     groups = _shared_fixture_groups(items)
-    for item, group in groups.items():
-        item.add_marker(pytest.mark.xdist_group(group))
     # A group stays contiguous (a module-scoped fixture is torn down when the order
     # leaves its module) and goes first if any of its tests is slow.
     unit = {item: groups.get(item, item.nodeid) for item in items}
