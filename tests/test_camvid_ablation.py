@@ -222,4 +222,5 @@ def test_ldv2_window_settings_go_to_the_ldv2_runs_only(tmp_path, capsys):
         configs[variant] = json.loads(printed[printed.index("{"):printed.rindex("}") + 1])
     assert {v: (c["ld"], c["ldv2_kernel_size"], c["ldv2_dilation_rate"], c["steps"])
             for v, c in configs.items()} == {
-        "aspp": (None, 5, 3, 5), "aspp_ldv1": ("v1", 5, 3, 5), "aspp_ldv2": ("v2", 3, 4, 5)}
+        "aspp": (None, None, None, 5), "aspp_ldv1": ("v1", None, None, 5),
+        "aspp_ldv2": ("v2", 3, 4, 5)}

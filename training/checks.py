@@ -8,7 +8,6 @@ not a TensorFlow start-up, and fails with one line naming the setting or the fil
 import os
 import pathlib
 
-from training.config import TrainConfig
 from training.errors import UserError
 
 
@@ -34,14 +33,18 @@ def validate_train_config(config):
     choice("ld", config.ld, LD_CHOICES)
     choice("arrangement", config.arrangement, ARRANGEMENTS)
     choice("output_stride", config.output_stride, tuple(ASPP_RATES))
-    k, r = config.ldv2_kernel_size, config.ldv2_dilation_rate
-    if k < 1 or k % 2 == 0 or r < 1:
-        raise UserError(f"LDv2's window needs an odd ldv2_kernel_size >= 1 and "
-                        f"ldv2_dilation_rate >= 1, got {k} and {r}")
-    defaults = TrainConfig()
-    if config.ld != "v2" and (k, r) != (defaults.ldv2_kernel_size, defaults.ldv2_dilation_rate):
-        raise UserError(f"ldv2_kernel_size / ldv2_dilation_rate set to {k} / {r}, but ld is "
-                        f"{config.ld or 'none'}: they shape LDv2's window only (--set ld=v2)")
+    window = {"ldv2_kernel_size": config.ldv2_kernel_size,
+              "ldv2_dilation_rate": config.ldv2_dilation_rate}
+    window = {key: value for key, value in window.items() if value is not None}
+    if window.get("ldv2_kernel_size", 1) < 1 or window.get("ldv2_kernel_size", 1) % 2 == 0:
+        raise UserError(f"ldv2_kernel_size must be an odd int >= 1, got "
+                        f"{window['ldv2_kernel_size']}")
+    if window.get("ldv2_dilation_rate", 1) < 1:
+        raise UserError(f"ldv2_dilation_rate must be >= 1, got {window['ldv2_dilation_rate']}")
+    if window and config.ld != "v2":
+        shown = ", ".join(f"{key}={value}" for key, value in window.items())
+        raise UserError(f"{shown} set, but ld is {config.ld or 'none'}: they shape LDv2's "
+                        "window only (--set ld=v2)")
     minimum = model_min_size(config.output_stride)
     h, w = config.crop_size
     if min(h, w) < minimum:

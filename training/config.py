@@ -85,9 +85,9 @@ class TrainConfig:
     ld: typing.Optional[str] = "v2"
     arrangement: str = "gald"
     # LDv2's window: k x k neighbours spaced r apart, spanning (k-1)*r+1 positions per side
-    # (the paper's Table II(b) varies k); ld=v2 only.
-    ldv2_kernel_size: int = 5
-    ldv2_dilation_rate: int = 3
+    # (the paper's Table II(b) varies k); ld=v2 only. None: the layer's own (k 5, r 3).
+    ldv2_kernel_size: typing.Optional[int] = None
+    ldv2_dilation_rate: typing.Optional[int] = None
     output_stride: int = 8
     multi_grid: typing.Tuple[int, ...] = (1, 2, 4)
     stem: str = "deep"

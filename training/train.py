@@ -192,8 +192,9 @@ def build_model(config, num_classes, sync_bn):
         aspp_filters=config.aspp_filters, dropout=config.dropout,
         aspp_dropout=config.aspp_dropout, sync_bn=sync_bn,
         backbone_weights_strict=config.backbone_weights_strict,
-        ldv2_kwargs={"kernel_size": config.ldv2_kernel_size,
-                     "dilation_rate": config.ldv2_dilation_rate},
+        ldv2_kwargs={key: value for key, value in (
+            ("kernel_size", config.ldv2_kernel_size),
+            ("dilation_rate", config.ldv2_dilation_rate)) if value is not None},
     )
     if model.backbone_weights_report is not None:
         print(model.backbone_weights_report.summary())

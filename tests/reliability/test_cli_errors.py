@@ -37,10 +37,10 @@ TRAIN_CONFIG_ERRORS_IN_PROCESS = [
     (["--set", "flip=maybe"], ["--set flip=maybe", "boolean"]),
     (["--devices", "2", "--xla", "--set", "sync_bn=true"],
      ["xla=True and sync_bn=True over 2 replicas", "--no-xla, or --set sync_bn=false"]),
-    (["--set", "ldv2_kernel_size=4"], ["odd ldv2_kernel_size", "got 4 and 3"]),
-    (["--set", "ldv2_dilation_rate=0"], ["ldv2_dilation_rate >= 1", "got 5 and 0"]),
+    (["--set", "ldv2_kernel_size=4"], ["ldv2_kernel_size must be an odd int >= 1, got 4"]),
+    (["--set", "ldv2_dilation_rate=0"], ["ldv2_dilation_rate must be >= 1, got 0"]),
     (["--set", "ld=v1", "--set", "ldv2_kernel_size=7"],
-     ["set to 7 / 3, but ld is v1", "LDv2's window only"]),
+     ["ldv2_kernel_size=7 set, but ld is v1", "LDv2's window only"]),
 ]
 
 

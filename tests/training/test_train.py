@@ -155,9 +155,9 @@ def test_config_json_of_the_string_tri_states_still_loads(tmp_path):
 
 
 def test_ldv2_window_settings_reach_the_model():
-    """`--set ldv2_kernel_size / ldv2_dilation_rate` shape the model's LDv2 window; a
-    config.json from before they existed loads with the layer's defaults (k 5, r 3), and
-    resuming with another window is refused as a model change."""
+    """`--set ldv2_kernel_size / ldv2_dilation_rate` shape the model's LDv2 window (each
+    alone too); a config.json from before they existed loads with the layer's defaults
+    (k 5, r 3), and resuming with another window is refused as a model change."""
     from keras_gald.layers import LDv2
     from training.train import build_model
 
@@ -174,6 +174,8 @@ def test_ldv2_window_settings_reach_the_model():
         del old[key]
     before = config_lib.TrainConfig.from_json(json.dumps(old))
     assert window(before) == (5, 3)
+    assert window(config_lib.resolve_config("default", {
+        "backbone": "resnet_tiny", "ldv2_dilation_rate": "1"})) == (5, 1)
     assert config_lib.resume_conflicts(before, cfg) == ["ldv2_dilation_rate",
                                                          "ldv2_kernel_size"]
 
